@@ -1,0 +1,177 @@
+//! `/v1/batches`: create, retrieve, cancel and list.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::project::Project;
+use super::query::{Params, truncate};
+use super::wire::{BatchObject, ListEnvelope};
+use crate::batch::endpoint::Endpoint;
+use crate::batch::record::BatchRecord;
+use crate::batch::service::{COMPLETION_WINDOW_24H, NewBatch};
+use crate::files::record::{MAX_EXPIRES_AFTER_SECS, MIN_EXPIRES_AFTER_SECS};
+
+const MAX_METADATA_PAIRS: usize = 16;
+const MAX_METADATA_KEY: usize = 64;
+const MAX_METADATA_VALUE: usize = 512;
+
+fn batch_json(batch: &BatchRecord) -> Response {
+    Json(BatchObject::from(batch)).into_response()
+}
+
+pub async fn create(State(app): State<AppState>, Project(project_id): Project, body: Bytes) -> ApiResult<Response> {
+    let new = parse_create(project_id, &body)?;
+    Ok(batch_json(&app.batches.create(new).await?))
+}
+
+pub async fn retrieve(State(app): State<AppState>, Project(project_id): Project, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(batch_json(&app.batches.get(&project_id, &id).await?))
+}
+
+/// The SDKs send no body (Python sends an empty JSON content type); any body is ignored.
+pub async fn cancel(State(app): State<AppState>, Project(project_id): Project, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(batch_json(&app.batches.cancel(&project_id, &id).await?))
+}
+
+pub async fn list(State(app): State<AppState>, Project(project_id): Project, params: Params) -> ApiResult<Response> {
+    let limit = params.int_in("limit", 1, 100, 20)?;
+    let page = app.batches.list(&project_id, params.string("after"), limit).await?;
+    let envelope = ListEnvelope::new(&page, |b| &b.id, BatchObject::from);
+    Ok(Json(envelope).into_response())
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
+    ApiError::bad_request(
+        format!("Invalid type for '{param}': expected {expected}, but got {} instead.", type_name(got)),
+        Some(param),
+        Some("invalid_type"),
+    )
+}
+
+fn required_string<'a>(body: &'a Map<String, Value>, name: &str) -> ApiResult<&'a str> {
+    match body.get(name) {
+        None | Some(Value::Null) => Err(ApiError::bad_request(
+            format!("Missing required parameter: '{name}'."),
+            Some(name),
+            Some("missing_required_parameter"),
+        )),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(invalid_type(name, "a string", other)),
+    }
+}
+
+/// Checks a create request the way OpenAI does, naming the offending parameter.
+fn parse_create(project_id: String, raw: &[u8]) -> ApiResult<NewBatch> {
+    let body: Value = serde_json::from_slice(raw).map_err(|e| {
+        ApiError::bad_request(
+            format!("We could not parse the JSON body of your request: {e}."),
+            None,
+            None,
+        )
+    })?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::bad_request("The request body must be a JSON object.", None, None));
+    };
+    let input_file_id = required_string(&body, "input_file_id")?.to_owned();
+    let endpoint_raw = required_string(&body, "endpoint")?;
+    let endpoint = Endpoint::parse(endpoint_raw).ok_or_else(|| {
+        ApiError::bad_request(
+            format!("Invalid value: '{}'. Supported values are: {}.", truncate(endpoint_raw), Endpoint::supported_list()),
+            Some("endpoint"),
+            Some("invalid_value"),
+        )
+    })?;
+    let window = required_string(&body, "completion_window")?;
+    if window != COMPLETION_WINDOW_24H {
+        return Err(ApiError::bad_request(
+            format!("Invalid value: '{}'. Supported values are: '24h'.", truncate(window)),
+            Some("completion_window"),
+            Some("invalid_value"),
+        ));
+    }
+    let metadata = match body.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => Some(check_metadata(map)?),
+        Some(other) => return Err(invalid_type("metadata", "an object", other)),
+    };
+    let output_expires_after = match body.get("output_expires_after") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => Some(check_output_expiry(map)?),
+        Some(other) => return Err(invalid_type("output_expires_after", "an object", other)),
+    };
+    Ok(NewBatch {
+        project_id,
+        input_file_id,
+        endpoint,
+        metadata,
+        output_expires_after,
+    })
+}
+
+fn check_metadata(map: &Map<String, Value>) -> ApiResult<Map<String, Value>> {
+    if map.len() > MAX_METADATA_PAIRS {
+        return Err(ApiError::bad_request(
+            format!("Invalid 'metadata': too many properties. Expected at most {MAX_METADATA_PAIRS} properties, but got {}.", map.len()),
+            Some("metadata"),
+            Some("invalid_value"),
+        ));
+    }
+    for (key, value) in map {
+        let param = format!("metadata.{}", truncate(key));
+        if key.chars().count() > MAX_METADATA_KEY {
+            return Err(ApiError::bad_request(
+                format!("Invalid 'metadata': keys may be at most {MAX_METADATA_KEY} characters long."),
+                Some(&param),
+                Some("invalid_value"),
+            ));
+        }
+        match value {
+            Value::String(s) if s.chars().count() > MAX_METADATA_VALUE => {
+                return Err(ApiError::bad_request(
+                    format!("Invalid '{param}': string too long. Expected a string with maximum length {MAX_METADATA_VALUE}, but got a string with length {} instead.", s.chars().count()),
+                    Some(&param),
+                    Some("string_above_max_length"),
+                ));
+            }
+            Value::String(_) => {}
+            other => return Err(invalid_type(&param, "a string", other)),
+        }
+    }
+    Ok(map.clone())
+}
+
+fn check_output_expiry(map: &Map<String, Value>) -> ApiResult<i64> {
+    if map.get("anchor").and_then(Value::as_str) != Some("created_at") {
+        return Err(ApiError::bad_request(
+            "Invalid value for 'output_expires_after.anchor': the only supported anchor is 'created_at'.",
+            Some("output_expires_after.anchor"),
+            Some("invalid_value"),
+        ));
+    }
+    match map.get("seconds").and_then(Value::as_i64) {
+        Some(s) if (MIN_EXPIRES_AFTER_SECS..=MAX_EXPIRES_AFTER_SECS).contains(&s) => Ok(s),
+        _ => Err(ApiError::bad_request(
+            format!(
+                "Invalid value for 'output_expires_after.seconds': expected an integer between {MIN_EXPIRES_AFTER_SECS} and {MAX_EXPIRES_AFTER_SECS}."
+            ),
+            Some("output_expires_after.seconds"),
+            Some("invalid_value"),
+        )),
+    }
+}

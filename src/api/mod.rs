@@ -1,0 +1,70 @@
+//! The HTTP edge: axum routes for OpenAI's Files and Batches APIs. Handlers
+//! parse and check the request, call a service, and render the wire object;
+//! they never touch SQL or stored bytes directly.
+
+pub mod batches;
+pub mod error;
+pub mod files;
+pub mod models;
+pub mod project;
+pub mod query;
+pub mod wire;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{get, post};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::backends::ModelRegistry;
+use crate::batch::BatchService;
+use crate::files::FileService;
+use error::ApiError;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub files: FileService,
+    pub batches: BatchService,
+    pub models: ModelRegistry,
+}
+
+/// Issues `req_<hex>` ids, the format OpenAI's `x-request-id` has.
+#[derive(Clone, Copy)]
+struct OpenAiRequestId;
+
+impl MakeRequestId for OpenAiRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        crate::ids::request_id().parse().ok().map(RequestId::new)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/files",
+            // Uploads are streamed and bounded by `limits.max_upload_bytes`
+            // while they stream, not by axum's default 2 MB buffer limit.
+            post(files::upload).layer(DefaultBodyLimit::disable()).get(files::list),
+        )
+        .route("/v1/files/{file_id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{file_id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{batch_id}", get(batches::retrieve))
+        .route("/v1/batches/{batch_id}/cancel", post(batches::cancel))
+        .route("/v1/models", get(models::list))
+        .route("/health", get(|| async { "ok" }))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(unknown_route)
+        .with_state(state)
+        // Logs method, path, status and latency; never bodies or headers.
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(OpenAiRequestId))
+}
+
+/// OpenAI answers unknown routes with 404 and `Invalid URL (METHOD /path)`.
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::bad_request(format!("Invalid URL ({method} {})", uri.path()), None, None).with_status(StatusCode::NOT_FOUND)
+}

@@ -1,0 +1,90 @@
+//! Wiring: builds the store, file storage, backends, batch supervisor and HTTP
+//! router from a `Config`, and runs them until shutdown. Used by `batchd serve`
+//! and by the integration tests, which start the whole server on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::backends::ModelRegistry;
+use crate::batch::result_writer::ResultWriter;
+use crate::batch::supervisor::Supervisor;
+use crate::batch::{BatchService, Runtime};
+use crate::config::Config;
+use crate::files::{Blobs, FileService};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// A started server.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Opens the data directory and starts serving on `config.server.listen`.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let data_dir = &config.server.data_dir;
+        std::fs::create_dir_all(data_dir)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?);
+        let blobs = Blobs::local(&data_dir.join("blobs"))?;
+        let models = ModelRegistry::new(&config.models, &config.execution)?;
+        let (writer, writer_task) = ResultWriter::spawn(store.clone());
+        let runtime = Runtime {
+            store: store.clone(),
+            blobs: blobs.clone(),
+            models: models.clone(),
+            limits: config.limits.clone(),
+            writer: writer.clone(),
+        };
+        let supervisor = Supervisor::start(runtime, Duration::from_millis(config.execution.poll_interval_ms));
+        let state = AppState {
+            files: FileService::new(store.clone(), blobs, config.limits.max_upload_bytes),
+            batches: BatchService::new(store, supervisor.clone()),
+            models,
+        };
+        let listener = TcpListener::bind(config.server.listen).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let shutdown_signal = stop.clone();
+        let done = tokio::spawn(async move {
+            axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(async move { shutdown_signal.cancelled().await })
+                .await?;
+            // Order matters: no new requests, then workers finish their in-flight
+            // lines, then every queued result is committed.
+            supervisor.shutdown().await;
+            writer.flush().await;
+            drop(writer);
+            writer_task.abort();
+            Ok(())
+        });
+        tracing::info!(%addr, "batchd listening");
+        Ok(Server { addr, stop, done })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops gracefully and waits until everything is persisted.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.done.await?
+    }
+
+    /// Waits until the server stops (after `shutdown` or a fatal error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await?
+    }
+
+    /// A handle that triggers a graceful stop from elsewhere (signal handlers).
+    pub fn stopper(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}

@@ -1,0 +1,127 @@
+//! One OpenAI-compatible backend: sends a line's body, retries transient
+//! failures with exponential backoff, and bounds requests in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{ExecutionConfig, ModelConfig};
+
+pub struct Backend {
+    pub name: String,
+    base_url: String,
+    api_key: Option<String>,
+    http: reqwest::Client,
+    permits: Arc<Semaphore>,
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+}
+
+/// What finally happened to one request, after any retries.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The backend answered (any status; 2xx is a success).
+    Response {
+        status: u16,
+        request_id: Option<String>,
+        body: Bytes,
+    },
+    /// No answer: connection failures or timeouts until attempts ran out.
+    Unreachable { message: String },
+}
+
+impl Backend {
+    pub fn new(model: &ModelConfig, http: reqwest::Client, execution: &ExecutionConfig) -> Self {
+        Self {
+            name: model.name.clone(),
+            base_url: model.url.trim_end_matches('/').to_owned(),
+            api_key: model.api_key.clone(),
+            http,
+            permits: Arc::new(Semaphore::new(model.max_concurrency)),
+            max_attempts: execution.max_attempts,
+            initial_backoff: Duration::from_millis(execution.retry_initial_backoff_ms),
+            max_backoff: Duration::from_millis(execution.retry_max_backoff_ms.max(execution.retry_initial_backoff_ms)),
+        }
+    }
+
+    /// Waits for a free request slot on this backend. Slots are granted in
+    /// arrival order (tokio's semaphore is fair).
+    pub async fn acquire(&self) -> OwnedSemaphorePermit {
+        self.permits.clone().acquire_owned().await.expect("backend semaphore is never closed")
+    }
+
+    /// Sends `body` to `path` (relative to the base URL, e.g. `/chat/completions`),
+    /// retrying connection errors, timeouts, 408, 429 and 5xx.
+    pub async fn send(&self, path: &str, body: Bytes) -> Outcome {
+        let url = format!("{}{}", self.base_url, path);
+        let mut attempt = 1;
+        loop {
+            let outcome = self.send_once(&url, body.clone()).await;
+            match &outcome {
+                Outcome::Response { status, .. } if !is_retryable(*status) => return outcome,
+                Outcome::Response { status, .. } => {
+                    tracing::debug!(model = %self.name, status, attempt, "backend returned a retryable status");
+                }
+                Outcome::Unreachable { message } => {
+                    tracing::debug!(model = %self.name, attempt, error = %message, "backend unreachable");
+                }
+            }
+            if attempt >= self.max_attempts {
+                return outcome;
+            }
+            tokio::time::sleep(self.backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    async fn send_once(&self, url: &str, body: Bytes) -> Outcome {
+        let mut request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Outcome::Unreachable { message: describe(e) },
+        };
+        let status = response.status().as_u16();
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match response.bytes().await {
+            Ok(body) => Outcome::Response { status, request_id, body },
+            Err(e) => Outcome::Unreachable { message: describe(e) },
+        }
+    }
+
+    /// Exponential backoff with up to 25% jitter, so retries of many lines do
+    /// not arrive in lockstep.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.initial_backoff.saturating_mul(1 << (attempt - 1).min(16));
+        let capped = exp.min(self.max_backoff);
+        capped.mul_f64(1.0 - 0.25 * fastrand::f64())
+    }
+}
+
+fn is_retryable(status: u16) -> bool {
+    status == 408 || status == 429 || status >= 500
+}
+
+/// A short description of a transport error without the URL's query or any body.
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the backend did not answer in time".into()
+    } else if e.is_connect() {
+        "could not connect to the backend".into()
+    } else {
+        format!("the connection to the backend failed: {}", e.without_url())
+    }
+}

@@ -1,0 +1,69 @@
+//! Reading token usage out of a backend's response body. Chat and text
+//! completions and embeddings report `prompt_tokens`/`completion_tokens`; the
+//! Responses API reports `input_tokens`/`output_tokens`. Both map onto the
+//! Batch object's `usage`.
+
+use serde::Deserialize;
+
+use crate::batch::record::Usage;
+
+#[derive(Deserialize, Default)]
+struct Body {
+    #[serde(default)]
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawUsage {
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    total_tokens: Option<i64>,
+    prompt_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+}
+
+#[derive(Deserialize, Default)]
+struct Details {
+    cached_tokens: Option<i64>,
+    reasoning_tokens: Option<i64>,
+}
+
+/// Usage reported in a successful response body; zeros if absent or malformed.
+pub fn extract_usage(body: &[u8]) -> Usage {
+    let Ok(Body { usage: Some(u) }) = serde_json::from_slice::<Body>(body) else {
+        return Usage::default();
+    };
+    let input = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
+    let output = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
+    let input_details = u.prompt_tokens_details.or(u.input_tokens_details).unwrap_or_default();
+    let output_details = u.completion_tokens_details.or(u.output_tokens_details).unwrap_or_default();
+    Usage {
+        input_tokens: input,
+        cached_tokens: input_details.cached_tokens.unwrap_or(0),
+        output_tokens: output,
+        reasoning_tokens: output_details.reasoning_tokens.unwrap_or(0),
+        total_tokens: u.total_tokens.unwrap_or(input + output),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_and_responses_usage_map_to_batch_usage() {
+        let chat = br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":1}}}"#;
+        let u = extract_usage(chat);
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens), (3, 4, 7, 1));
+        let resp = br#"{"usage":{"input_tokens":2,"output_tokens":5,"output_tokens_details":{"reasoning_tokens":3}}}"#;
+        let u = extract_usage(resp);
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens, u.reasoning_tokens), (2, 5, 7, 3));
+        let emb = br#"{"usage":{"prompt_tokens":9,"total_tokens":9}}"#;
+        assert_eq!(extract_usage(emb).output_tokens, 0);
+        assert_eq!(extract_usage(b"garbage"), Usage::default());
+    }
+}

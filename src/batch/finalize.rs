@@ -1,0 +1,114 @@
+//! Writing a batch's output and error files from its stored results and moving
+//! it to its terminal status. Finalization can be interrupted and re-run at any
+//! point: result files go to fixed keys and become visible (get a File record)
+//! in the same transaction that ends the batch.
+
+use tokio::io::AsyncWriteExt;
+
+use super::Runtime;
+use super::endpoint::Endpoint;
+use super::output_line;
+use super::record::BatchRecord;
+use super::request_line::parse_line;
+use super::runner::{input_reader, result};
+use super::status::BatchStatus;
+use crate::error::{Error, Result};
+use crate::files::blobs::BlobError;
+use crate::files::record::DEFAULT_BATCH_FILE_TTL_SECS;
+use crate::files::{FileRecord, Purpose};
+use crate::ids;
+use crate::store::{FinishedFile, ResultFileKind};
+
+/// Rows read from the database per page while writing a file.
+const PAGE: u32 = 256;
+
+/// Ends the batch as `to` (completed, cancelled or expired) from status `from`.
+/// Returns false if the batch was no longer in `from` (another transition won).
+pub async fn finalize(rt: &Runtime, batch: &BatchRecord, from: BatchStatus, to: BatchStatus) -> Result<bool> {
+    // Lines that never ran still appear once, in the error file, when the batch
+    // had started running: every custom_id of the input is accounted for.
+    if to != BatchStatus::Completed && batch.in_progress_at.is_some() {
+        let (code, message) = match to {
+            BatchStatus::Expired => (
+                "batch_expired",
+                "This request could not be executed before the completion window expired.",
+            ),
+            _ => ("batch_cancelled", "This request was not executed because the batch was cancelled."),
+        };
+        record_unexecuted(rt, batch, code, message).await?;
+    }
+    let mut files = vec![];
+    for kind in [ResultFileKind::Output, ResultFileKind::Error] {
+        if let Some(record) = write_result_file(rt, batch, kind).await? {
+            files.push(FinishedFile { record, kind });
+        }
+    }
+    let finished = rt.store.finish(&batch.id, from, to, &files, ids::now()).await?;
+    if finished {
+        tracing::info!(batch_id = %batch.id, status = to.as_str(), "batch finished");
+    }
+    Ok(finished)
+}
+
+/// Records a `code` error result for every input line without a result.
+async fn record_unexecuted(rt: &Runtime, batch: &BatchRecord, code: &str, message: &str) -> Result<()> {
+    let Some(endpoint) = Endpoint::parse(&batch.endpoint) else { return Ok(()) };
+    let finished = rt.store.finished_lines(&batch.id).await?;
+    let mut finished = finished.into_iter().peekable();
+    let mut reader = input_reader(rt, batch).await?;
+    while let Some(line) = reader.next_line().await {
+        let line = line.map_err(Error::internal)?;
+        while finished.next_if(|&n| n < line.number).is_some() {}
+        if finished.next_if_eq(&line.number).is_some() {
+            continue;
+        }
+        if let Ok(request) = parse_line(&line.bytes, endpoint) {
+            let rendered = output_line::error_line(&request.custom_id, code, message);
+            rt.writer.submit(result(&batch.id, line.number, rendered)).await;
+        }
+    }
+    rt.writer.flush().await;
+    Ok(())
+}
+
+/// Writes one result file; `None` when the batch has no lines for it.
+async fn write_result_file(rt: &Runtime, batch: &BatchRecord, kind: ResultFileKind) -> Result<Option<FileRecord>> {
+    let is_error = kind == ResultFileKind::Error;
+    let mut page = rt.store.result_page(&batch.id, is_error, 0, PAGE).await?;
+    if page.is_empty() {
+        return Ok(None);
+    }
+    let (suffix, key_name) = if is_error { ("error", "error.jsonl") } else { ("output", "output.jsonl") };
+    let storage_key = format!("batches/{}/{key_name}", batch.id);
+    let mut writer = rt.blobs.writer(&storage_key);
+    let mut bytes: u64 = 0;
+    let write = async {
+        while let Some((last_line, _)) = page.last() {
+            let last_line = *last_line;
+            for (_, text) in &page {
+                writer.write_all(text.as_bytes()).await?;
+                writer.write_all(b"\n").await?;
+                bytes += text.len() as u64 + 1;
+            }
+            page = rt.store.result_page(&batch.id, is_error, last_line, PAGE).await.map_err(std::io::Error::other)?;
+        }
+        writer.shutdown().await
+    };
+    if let Err(e) = write.await {
+        let _ = writer.abort().await;
+        let e = if e.kind() == std::io::ErrorKind::StorageFull { BlobError::NoSpace } else { BlobError::Io(e) };
+        return Err(Error::internal(e));
+    }
+    let created_at = ids::now();
+    let ttl = batch.output_expires_after.unwrap_or(DEFAULT_BATCH_FILE_TTL_SECS);
+    Ok(Some(FileRecord {
+        id: ids::file_id(),
+        project_id: batch.project_id.clone(),
+        filename: format!("{}_{suffix}.jsonl", batch.id),
+        purpose: Purpose::BatchOutput.as_str().to_owned(),
+        bytes: bytes as i64,
+        created_at,
+        expires_at: Some(created_at + ttl),
+        storage_key,
+    }))
+}

@@ -1,0 +1,36 @@
+//! Batches: the record and its status machine, validation of input files, the
+//! worker that runs lines on backends, finalization into result files, and the
+//! supervisor that owns all of it in the background.
+
+pub mod endpoint;
+pub mod finalize;
+pub mod lines;
+pub mod output_line;
+pub mod record;
+pub mod request_line;
+pub mod result_writer;
+pub mod runner;
+pub mod service;
+pub mod status;
+pub mod supervisor;
+pub mod validation;
+pub mod worker;
+
+use std::sync::Arc;
+
+use crate::backends::ModelRegistry;
+use crate::config::LimitsConfig;
+use crate::files::Blobs;
+use crate::store::Store;
+
+pub use service::BatchService;
+
+/// What batch workers share: persistence, stored bytes, backends and limits.
+#[derive(Clone)]
+pub struct Runtime {
+    pub store: Arc<dyn Store>,
+    pub blobs: Blobs,
+    pub models: ModelRegistry,
+    pub limits: LimitsConfig,
+    pub writer: result_writer::ResultWriter,
+}

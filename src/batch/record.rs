@@ -1,0 +1,80 @@
+//! The Batch aggregate as batchd stores it.
+
+use serde::{Deserialize, Serialize};
+
+use super::status::BatchStatus;
+
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    pub id: String,
+    pub project_id: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub input_file_id: String,
+    pub completion_window: String,
+    pub status: BatchStatus,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    pub errors: Option<Vec<BatchError>>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub output_expires_after: Option<i64>,
+    pub created_at: i64,
+    pub in_progress_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub finalizing_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub expired_at: Option<i64>,
+    pub cancelling_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
+    pub request_counts: RequestCounts,
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RequestCounts {
+    pub total: i64,
+    pub completed: i64,
+    pub failed: i64,
+}
+
+/// Token usage summed over a batch's lines, in the Batch object's terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub total_tokens: i64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.output_tokens += other.output_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+/// One entry of a failed batch's `errors.data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchError {
+    pub code: String,
+    pub message: String,
+    pub param: Option<String>,
+    /// 1-based line of the input file, or null for file-level problems.
+    pub line: Option<u64>,
+}
+
+impl BatchError {
+    pub fn new(code: &str, message: impl Into<String>, param: Option<&str>, line: Option<u64>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            param: param.map(str::to_owned),
+            line,
+        }
+    }
+}

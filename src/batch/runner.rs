@@ -1,0 +1,118 @@
+//! The `in_progress` phase: streams the input file and sends every line that
+//! has no durable result yet to the model's backend, with at most the model's
+//! concurrency in flight. Memory is bounded by that concurrency, never by the
+//! file's size.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::Runtime;
+use super::endpoint::Endpoint;
+use super::lines::LineReader;
+use super::output_line;
+use super::record::BatchRecord;
+use super::request_line::parse_line;
+use crate::error::{Error, Result};
+use crate::store::LineResult;
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every line has a durable result.
+    AllDone,
+    /// `stop` fired: dispatch stopped, in-flight lines finished and were stored.
+    Stopped,
+}
+
+pub async fn run(rt: &Runtime, batch: &BatchRecord, stop: &CancellationToken) -> Result<RunEnd> {
+    let endpoint = Endpoint::parse(&batch.endpoint)
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("batch {} has unknown endpoint", batch.id)))?;
+    let model = batch.model.clone().unwrap_or_default();
+    let backend = rt.models.get(&model);
+    // Lines with a result survive restarts; only the rest is sent (again).
+    let finished = rt.store.finished_lines(&batch.id).await?;
+    let mut finished = finished.into_iter().peekable();
+    let mut reader = input_reader(rt, batch).await?;
+    let mut in_flight = JoinSet::new();
+    let batch_id: Arc<str> = Arc::from(batch.id.as_str());
+
+    let end = loop {
+        let line = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break RunEnd::Stopped,
+            line = reader.next_line() => line,
+        };
+        let Some(line) = line else { break RunEnd::AllDone };
+        let line = line.map_err(Error::internal)?;
+        while finished.next_if(|&n| n < line.number).is_some() {}
+        if finished.next_if_eq(&line.number).is_some() {
+            continue;
+        }
+        // The file was validated and files are immutable, so this only fails
+        // if the stored bytes were tampered with.
+        let (custom_id, body) = match parse_line(&line.bytes, endpoint) {
+            Ok(request) => (request.custom_id, slice_of(&line.bytes, request.body.get())),
+            Err(problem) => {
+                tracing::warn!(batch_id = %batch_id, line = line.number, code = problem.code, "stored input line no longer parses");
+                continue;
+            }
+        };
+        let Some(backend) = backend.clone() else {
+            let rendered = output_line::error_line(
+                &custom_id,
+                "model_not_found",
+                &format!("The model '{model}' is no longer configured on this server."),
+            );
+            rt.writer.submit(result(&batch_id, line.number, rendered)).await;
+            continue;
+        };
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break RunEnd::Stopped,
+            permit = backend.acquire() => permit,
+        };
+        while in_flight.try_join_next().is_some() {}
+        let writer = rt.writer.clone();
+        let batch_id = batch_id.clone();
+        in_flight.spawn(async move {
+            let outcome = backend.send(endpoint.backend_path(), body).await;
+            let rendered = output_line::from_outcome(&custom_id, &outcome);
+            writer.submit(result(&batch_id, line.number, rendered)).await;
+            // The slot is held until the result is queued for the writer, so
+            // results waiting in memory never exceed the concurrency.
+            drop(permit);
+        });
+    };
+    while in_flight.join_next().await.is_some() {}
+    rt.writer.flush().await;
+    Ok(end)
+}
+
+/// Opens the batch's input file as a line reader.
+pub(super) async fn input_reader(rt: &Runtime, batch: &BatchRecord) -> Result<LineReader> {
+    let file = rt
+        .store
+        .get_file(&batch.project_id, &batch.input_file_id)
+        .await?
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("input file {} of batch {} is gone", batch.input_file_id, batch.id)))?;
+    let stream = rt.blobs.get_stream(&file.storage_key).await.map_err(Error::internal)?;
+    Ok(LineReader::new(stream, rt.limits.max_line_bytes))
+}
+
+/// The body is sent as the user wrote it: a zero-copy slice of the line.
+fn slice_of(line: &Bytes, part: &str) -> Bytes {
+    line.slice_ref(part.as_bytes())
+}
+
+pub(super) fn result(batch_id: &str, line: u64, rendered: output_line::Rendered) -> LineResult {
+    LineResult {
+        batch_id: batch_id.to_owned(),
+        line,
+        is_error: rendered.is_error,
+        output_line: rendered.line,
+        usage: rendered.usage,
+    }
+}

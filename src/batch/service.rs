@@ -1,0 +1,117 @@
+//! The Batches API's operations, independent of HTTP.
+
+use std::sync::Arc;
+
+use super::endpoint::Endpoint;
+use super::record::{BatchRecord, RequestCounts};
+use super::status::BatchStatus;
+use super::supervisor::Supervisor;
+use crate::error::{Error, Result};
+use crate::files::Purpose;
+use crate::ids;
+use crate::store::{CancelOutcome, Page, Store};
+
+/// The only completion window OpenAI offers.
+pub const COMPLETION_WINDOW_24H: &str = "24h";
+const WINDOW_SECS: i64 = 24 * 3600;
+
+/// A checked `POST /v1/batches` request.
+pub struct NewBatch {
+    pub project_id: String,
+    pub input_file_id: String,
+    pub endpoint: Endpoint,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub output_expires_after: Option<i64>,
+}
+
+#[derive(Clone)]
+pub struct BatchService {
+    store: Arc<dyn Store>,
+    supervisor: Arc<Supervisor>,
+}
+
+impl BatchService {
+    pub fn new(store: Arc<dyn Store>, supervisor: Arc<Supervisor>) -> Self {
+        Self { store, supervisor }
+    }
+
+    /// Records the batch as `validating` and hands it to the supervisor; the
+    /// file itself is checked in the background, as on OpenAI.
+    pub async fn create(&self, new: NewBatch) -> Result<BatchRecord> {
+        if let Some(file) = self.store.get_file(&new.project_id, &new.input_file_id).await?
+            && file.purpose != Purpose::Batch.as_str()
+        {
+            return Err(Error::invalid(
+                format!(
+                    "The input file {} has purpose '{}'; a batch needs a file uploaded with purpose 'batch'.",
+                    file.id, file.purpose
+                ),
+                Some("input_file_id"),
+                Some("invalid_value"),
+            ));
+        }
+        let created_at = ids::now();
+        let batch = BatchRecord {
+            id: ids::batch_id(),
+            project_id: new.project_id,
+            endpoint: new.endpoint.path().to_owned(),
+            model: None,
+            input_file_id: new.input_file_id,
+            completion_window: COMPLETION_WINDOW_24H.to_owned(),
+            status: BatchStatus::Validating,
+            output_file_id: None,
+            error_file_id: None,
+            errors: None,
+            metadata: new.metadata,
+            output_expires_after: new.output_expires_after,
+            created_at,
+            in_progress_at: None,
+            expires_at: Some(created_at + WINDOW_SECS),
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            request_counts: RequestCounts::default(),
+            usage: None,
+        };
+        self.store.insert_batch(&batch).await?;
+        tracing::info!(batch_id = %batch.id, endpoint = %batch.endpoint, "batch created");
+        self.supervisor.wake();
+        Ok(batch)
+    }
+
+    pub async fn get(&self, project_id: &str, id: &str) -> Result<BatchRecord> {
+        self.store.get_batch(project_id, id).await?.ok_or_else(|| not_found(id))
+    }
+
+    pub async fn list(&self, project_id: &str, after: Option<&str>, limit: u32) -> Result<Page<BatchRecord>> {
+        self.store.list_batches(project_id, after, limit).await?.ok_or_else(|| Error::Invalid {
+            message: format!("No batch found with id '{}'.", after.unwrap_or_default()),
+            param: Some("after".into()),
+            code: None,
+        })
+    }
+
+    pub async fn cancel(&self, project_id: &str, id: &str) -> Result<BatchRecord> {
+        match self.store.request_cancel(project_id, id, ids::now()).await? {
+            CancelOutcome::Accepted(batch) => {
+                tracing::info!(batch_id = %batch.id, "batch cancel requested");
+                self.supervisor.cancel(&batch.id);
+                Ok(batch)
+            }
+            CancelOutcome::Refused(status) => Err(Error::Conflict {
+                message: format!("Cannot cancel a batch with status '{}'.", status.as_str()),
+            }),
+            CancelOutcome::NotFound => Err(not_found(id)),
+        }
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound {
+        message: format!("No batch found with id '{id}'."),
+        param: Some("batch_id"),
+    }
+}

@@ -1,0 +1,98 @@
+//! The supervisor owns every background batch task: it finds batches that need
+//! work (at start-up, when told, and on a slow timer as a safety net), runs one
+//! worker per batch, routes cancels to them, and drains them on shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Runtime;
+use super::worker::{Signals, drive};
+
+pub struct Supervisor {
+    rt: Runtime,
+    running: Mutex<HashMap<String, Signals>>,
+    wake: Notify,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    poll_interval: Duration,
+}
+
+impl Supervisor {
+    pub fn start(rt: Runtime, poll_interval: Duration) -> Arc<Self> {
+        let supervisor = Arc::new(Self {
+            rt,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            poll_interval,
+        });
+        let this = supervisor.clone();
+        supervisor.tasks.spawn(async move { this.scan_loop().await });
+        supervisor
+    }
+
+    /// Asks the supervisor to look for work now (a batch was created or cancelled).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Tells the batch's worker, if one runs, to stop dispatching: the batch's
+    /// status is already `cancelling`.
+    pub fn cancel(&self, batch_id: &str) {
+        if let Some(signals) = self.running.lock().expect("lock").get(batch_id) {
+            signals.cancel.cancel();
+        }
+        self.wake();
+    }
+
+    /// Stops taking work, lets workers finish their in-flight lines and store
+    /// them, and returns when all have stopped.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn scan_loop(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.scan().await {
+                tracing::error!(error = %e, "could not look for batches to run");
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.wake.notified() => {},
+                _ = tokio::time::sleep(self.poll_interval) => {},
+            }
+        }
+    }
+
+    async fn scan(self: &Arc<Self>) -> crate::error::Result<()> {
+        for batch in self.rt.store.active_batches().await? {
+            let signals = Signals {
+                cancel: CancellationToken::new(),
+                shutdown: self.shutdown.child_token(),
+            };
+            {
+                let mut running = self.running.lock().expect("lock");
+                if running.contains_key(&batch.id) {
+                    continue;
+                }
+                running.insert(batch.id.clone(), signals.clone());
+            }
+            let this = self.clone();
+            self.tasks.spawn(async move {
+                if let Err(e) = drive(&this.rt, &batch.id, &signals).await {
+                    tracing::error!(batch_id = %batch.id, error = %e, "batch worker failed; will retry");
+                }
+                this.running.lock().expect("lock").remove(&batch.id);
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! Drives one batch from whatever status it is in to a terminal status. Each
+//! step re-reads the batch, so a cancel that lands between steps, or a restart
+//! in the middle of one, is picked up where it left off.
+
+use tokio_util::sync::CancellationToken;
+
+use super::Runtime;
+use super::endpoint::Endpoint;
+use super::finalize::finalize;
+use super::record::{BatchError, BatchRecord};
+use super::runner::{RunEnd, run};
+use super::status::BatchStatus;
+use super::validation::{Verdict, validate};
+use crate::error::Result;
+use crate::ids;
+
+/// Signals a running batch listens to.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// The batch was cancelled: stop dispatching, then end it `cancelled`.
+    pub cancel: CancellationToken,
+    /// The server is shutting down: stop dispatching and leave the batch to resume.
+    pub shutdown: CancellationToken,
+}
+
+pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals) -> Result<()> {
+    // One token that fires for either reason; which one is told by the batch's
+    // status (cancelling) or by `shutdown`.
+    let stop = CancellationToken::new();
+    let _fire_stop = {
+        let (stop, signals) = (stop.clone(), signals.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = signals.cancel.cancelled() => {},
+                _ = signals.shutdown.cancelled() => {},
+                _ = stop.cancelled() => {},
+            }
+            stop.cancel();
+        })
+    };
+    let _stop_guard = stop.clone().drop_guard();
+    loop {
+        if signals.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let Some(batch) = rt.store.get_batch_any_project(batch_id).await? else {
+            return Ok(());
+        };
+        match batch.status {
+            BatchStatus::Validating => run_validation(rt, &batch, &stop).await?,
+            BatchStatus::InProgress => {
+                if run(rt, &batch, &stop).await? == RunEnd::AllDone {
+                    rt.store.transition(&batch.id, BatchStatus::Finalizing, ids::now()).await?;
+                } else if signals.shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                // Stopped by cancel: the next turn sees `cancelling`.
+            }
+            BatchStatus::Finalizing => {
+                finalize(rt, &batch, BatchStatus::Finalizing, BatchStatus::Completed).await?;
+            }
+            BatchStatus::Cancelling => {
+                finalize(rt, &batch, BatchStatus::Cancelling, BatchStatus::Cancelled).await?;
+            }
+            status if status.is_terminal() => return Ok(()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+async fn run_validation(rt: &Runtime, batch: &BatchRecord, stop: &CancellationToken) -> Result<()> {
+    let now = ids::now;
+    let fail = |errors: Vec<BatchError>| async move {
+        tracing::info!(batch_id = %batch.id, problems = errors.len(), "batch failed validation");
+        rt.store.fail_validation(&batch.id, &errors, now()).await.map(|_| ())
+    };
+    let Some(endpoint) = Endpoint::parse(&batch.endpoint) else {
+        return fail(vec![BatchError::new("invalid_value", "Unsupported endpoint.", Some("endpoint"), None)]).await;
+    };
+    let Some(file) = rt.store.get_file(&batch.project_id, &batch.input_file_id).await? else {
+        return fail(vec![BatchError::new(
+            "invalid_request",
+            format!(
+                "Cannot find file {}, or organization {} does not have access to it.",
+                batch.input_file_id, batch.project_id
+            ),
+            Some("file_id"),
+            None,
+        )])
+        .await;
+    };
+    let stream = rt.blobs.get_stream(&file.storage_key).await.map_err(crate::error::Error::internal)?;
+    let reader = super::lines::LineReader::new(stream, rt.limits.max_line_bytes);
+    let models = rt.models.clone();
+    let verdict = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return Ok(()),
+        verdict = validate(reader, file.bytes as u64, endpoint, &rt.limits, |m| models.contains(m)) => verdict,
+    };
+    match verdict.map_err(crate::error::Error::internal)? {
+        Verdict::Invalid(errors) => fail(errors).await,
+        Verdict::Valid { model, total } => {
+            if rt.store.start(&batch.id, &model, total as i64, now()).await? {
+                tracing::info!(batch_id = %batch.id, lines = total, model = %model, "batch validated; running");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Configuration: one TOML file, every option documented in `config.example.toml`.
+//!
+//! Every section and key is optional; `Config::default()` is what `batchd serve`
+//! runs with when no file is given.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub execution: ExecutionConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Holds the SQLite database (`batchd.db`) and stored file bytes (`files/`).
+    pub data_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted `POST /v1/files` upload; larger ones get 413.
+    pub max_upload_bytes: u64,
+    /// Largest input file a batch accepts (OpenAI: 200 MB).
+    pub max_batch_input_bytes: u64,
+    /// Most request lines a batch accepts (OpenAI: 50,000).
+    pub max_batch_lines: u64,
+    /// Longest single JSONL line; bounds the memory one line can take.
+    pub max_line_bytes: u64,
+    /// At most this many per-line problems are reported in a failed batch's `errors`.
+    pub max_reported_errors: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 512 * 1024 * 1024,
+            max_batch_input_bytes: 200 * 1000 * 1000,
+            max_batch_lines: 50_000,
+            max_line_bytes: 16 * 1024 * 1024,
+            max_reported_errors: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutionConfig {
+    /// Attempts per line for transient failures (connect errors, timeouts, 429, 5xx).
+    pub max_attempts: u32,
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    /// Time limit for one backend request.
+    pub request_timeout_secs: u64,
+    /// How often the scheduler looks for work it was not told about (safety net).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            retry_initial_backoff_ms: 500,
+            retry_max_backoff_ms: 30_000,
+            request_timeout_secs: 600,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
+/// A model batches may name in `body.model`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The value request bodies put in `"model"`.
+    pub name: String,
+    /// Base URL of an already-running OpenAI-compatible server, ending in `/v1`.
+    pub url: String,
+    /// Bearer token sent to the backend, if it needs one.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Most requests in flight to this backend at once, over all batches.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+}
+
+fn default_max_concurrency() -> usize {
+    64
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Config = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for model in &self.models {
+            anyhow::ensure!(!model.name.is_empty(), "a [[models]] entry has an empty name");
+            anyhow::ensure!(
+                seen.insert(model.name.as_str()),
+                "model {:?} is configured twice",
+                model.name
+            );
+            anyhow::ensure!(
+                model.url.starts_with("http://") || model.url.starts_with("https://"),
+                "model {:?}: url must start with http:// or https://",
+                model.name
+            );
+            anyhow::ensure!(
+                model.max_concurrency > 0,
+                "model {:?}: max_concurrency must be at least 1",
+                model.name
+            );
+        }
+        anyhow::ensure!(self.execution.max_attempts > 0, "execution.max_attempts must be at least 1");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_uses_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.server.listen.port(), 8080);
+        assert_eq!(config.limits.max_batch_lines, 50_000);
+        assert!(config.models.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_and_duplicate_models_are_rejected() {
+        assert!(Config::parse("[server]\nlisten_on = \"x\"").is_err());
+        let dup = "[[models]]\nname='a'\nurl='http://x/v1'\n[[models]]\nname='a'\nurl='http://y/v1'";
+        assert!(Config::parse(dup).is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! Metadata persistence, behind one narrow trait per aggregate so that a
+//! PostgreSQL implementation can follow the SQLite one. Only this module
+//! writes SQL.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::batch::record::{BatchError, BatchRecord, Usage};
+use crate::batch::status::BatchStatus;
+use crate::error::Result;
+use crate::files::FileRecord;
+
+/// One page of a cursor-paginated list.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileListQuery {
+    pub purpose: Option<String>,
+    pub after: Option<String>,
+    pub limit: u32,
+    pub order: Order,
+}
+
+#[async_trait]
+pub trait FileRepo: Send + Sync {
+    async fn insert_file(&self, file: &FileRecord) -> Result<()>;
+    /// A live (not deleted) file of this project.
+    async fn get_file(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>>;
+    /// `Ok(None)` when `query.after` names no file of this project.
+    async fn list_files(&self, project_id: &str, query: &FileListQuery) -> Result<Option<Page<FileRecord>>>;
+    /// Marks the file deleted and returns it, or `None` if it was not live.
+    async fn delete_file(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>>;
+}
+
+/// Result of asking to cancel a batch.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// The batch is now `cancelling` (or already was, or is already `cancelled`).
+    Accepted(BatchRecord),
+    /// The batch is terminal in a status that cannot be cancelled.
+    Refused(BatchStatus),
+    NotFound,
+}
+
+#[async_trait]
+pub trait BatchRepo: Send + Sync {
+    async fn insert_batch(&self, batch: &BatchRecord) -> Result<()>;
+    async fn get_batch(&self, project_id: &str, id: &str) -> Result<Option<BatchRecord>>;
+    /// Any project's batch: for workers, never for API handlers.
+    async fn get_batch_any_project(&self, id: &str) -> Result<Option<BatchRecord>>;
+    /// Newest first. `Ok(None)` when `after` names no batch of this project.
+    async fn list_batches(&self, project_id: &str, after: Option<&str>, limit: u32) -> Result<Option<Page<BatchRecord>>>;
+    /// Batches a worker must still move forward, oldest first.
+    async fn active_batches(&self) -> Result<Vec<BatchRecord>>;
+    /// Compare-and-set status change that stamps the new status's timestamp.
+    /// Returns false if the batch was not in one of `to.allowed_from()`.
+    async fn transition(&self, id: &str, to: BatchStatus, now: i64) -> Result<bool>;
+    /// `validating` -> `failed` with the validation problems.
+    async fn fail_validation(&self, id: &str, errors: &[BatchError], now: i64) -> Result<bool>;
+    /// `validating` -> `in_progress`, recording the model and the line count.
+    async fn start(&self, id: &str, model: &str, total: i64, now: i64) -> Result<bool>;
+    async fn request_cancel(&self, project_id: &str, id: &str, now: i64) -> Result<CancelOutcome>;
+    /// Registers the result files and moves the batch to its terminal status,
+    /// in one transaction, so a batch is never terminal without its files.
+    async fn finish(&self, id: &str, from: BatchStatus, to: BatchStatus, files: &[FinishedFile], now: i64) -> Result<bool>;
+}
+
+/// A result file written by finalization, and which of the batch's columns names it.
+#[derive(Debug, Clone)]
+pub struct FinishedFile {
+    pub record: FileRecord,
+    pub kind: ResultFileKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultFileKind {
+    Output,
+    Error,
+}
+
+/// One finished input line, ready to be appended to a result file.
+#[derive(Debug, Clone)]
+pub struct LineResult {
+    pub batch_id: String,
+    /// 1-based line of the input file.
+    pub line: u64,
+    pub is_error: bool,
+    /// The full JSONL line for the output or error file, without newline.
+    pub output_line: String,
+    pub usage: Usage,
+}
+
+#[async_trait]
+pub trait ResultRepo: Send + Sync {
+    /// Durably records results and adds them to their batches' counts and usage,
+    /// in one transaction. A line that already has a result is ignored (and not
+    /// counted again): results are exactly-once.
+    async fn record_results(&self, results: &[LineResult]) -> Result<()>;
+    /// The input lines of a batch that already have a result.
+    async fn finished_lines(&self, batch_id: &str) -> Result<Vec<u64>>;
+    /// Up to `limit` result lines of one file, in input order, after `after_line`.
+    async fn result_page(&self, batch_id: &str, is_error: bool, after_line: u64, limit: u32) -> Result<Vec<(u64, String)>>;
+}
+
+/// Everything the services need from persistence.
+pub trait Store: FileRepo + BatchRepo + ResultRepo {}
+impl<T: FileRepo + BatchRepo + ResultRepo> Store for T {}

@@ -1,0 +1,116 @@
+use async_trait::async_trait;
+use sqlx::{AssertSqlSafe, Row};
+use sqlx::sqlite::SqliteRow;
+
+use super::SqliteStore;
+use crate::error::Result;
+use crate::files::FileRecord;
+use crate::ids::now;
+use crate::store::{FileListQuery, FileRepo, Order, Page};
+
+const COLUMNS: &str = "id, project_id, filename, purpose, bytes, created_at, expires_at, storage_key";
+
+pub(super) fn file_from_row(row: &SqliteRow) -> FileRecord {
+    FileRecord {
+        id: row.get("id"),
+        project_id: row.get("project_id"),
+        filename: row.get("filename"),
+        purpose: row.get("purpose"),
+        bytes: row.get("bytes"),
+        created_at: row.get("created_at"),
+        expires_at: row.get("expires_at"),
+        storage_key: row.get("storage_key"),
+    }
+}
+
+pub(super) async fn insert_file<'e, E: sqlx::SqliteExecutor<'e>>(executor: E, file: &FileRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO files (id, project_id, filename, purpose, bytes, created_at, expires_at, storage_key)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&file.id)
+    .bind(&file.project_id)
+    .bind(&file.filename)
+    .bind(&file.purpose)
+    .bind(file.bytes)
+    .bind(file.created_at)
+    .bind(file.expires_at)
+    .bind(&file.storage_key)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl FileRepo for SqliteStore {
+    async fn insert_file(&self, file: &FileRecord) -> Result<()> {
+        insert_file(&self.pool, file).await
+    }
+
+    async fn get_file(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM files WHERE id = ? AND project_id = ? AND deleted_at IS NULL"
+        )))
+        .bind(id)
+        .bind(project_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(file_from_row))
+    }
+
+    async fn list_files(&self, project_id: &str, query: &FileListQuery) -> Result<Option<Page<FileRecord>>> {
+        // The cursor is the file's position (seq), looked up including deleted
+        // rows so that deleting the last file of a page does not break paging.
+        let cursor: Option<i64> = match &query.after {
+            None => None,
+            Some(after) => {
+                let seq = sqlx::query_scalar("SELECT seq FROM files WHERE id = ? AND project_id = ?")
+                    .bind(after)
+                    .bind(project_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match seq {
+                    Some(seq) => Some(seq),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let (cmp, dir) = match query.order {
+            Order::Asc => (">", "ASC"),
+            Order::Desc => ("<", "DESC"),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM files
+             WHERE project_id = ? AND deleted_at IS NULL
+               AND (? IS NULL OR purpose = ?)
+               AND (? IS NULL OR seq {cmp} ?)
+             ORDER BY seq {dir} LIMIT ?"
+        );
+        let fetch = i64::from(query.limit) + 1;
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(project_id)
+            .bind(&query.purpose)
+            .bind(&query.purpose)
+            .bind(cursor)
+            .bind(cursor)
+            .bind(fetch)
+            .fetch_all(&self.pool)
+            .await?;
+        let has_more = rows.len() as i64 > i64::from(query.limit);
+        let items = rows.iter().take(query.limit as usize).map(file_from_row).collect();
+        Ok(Some(Page { items, has_more }))
+    }
+
+    async fn delete_file(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE files SET deleted_at = ? WHERE id = ? AND project_id = ? AND deleted_at IS NULL
+             RETURNING {COLUMNS}"
+        )))
+        .bind(now())
+        .bind(id)
+        .bind(project_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(file_from_row))
+    }
+}

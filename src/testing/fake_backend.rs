@@ -1,0 +1,234 @@
+//! A fake OpenAI-compatible model server: a real HTTP server that answers
+//! chat, completions, embeddings and responses requests instantly (or after a
+//! configured delay), echoing the prompt. Markers in the prompt text script
+//! failures, so one batch can mix successes, errors and retries:
+//!
+//! - `[status=NNN]`: answer with HTTP NNN and an OpenAI error body;
+//! - `[delay_ms=N]`: wait N ms before answering;
+//! - `[fail_times=N]`: the first N requests with this exact text get 503.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+}
+
+#[derive(Clone)]
+struct FakeState {
+    delay: Duration,
+    stats: Arc<Stats>,
+    attempts: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// A running fake backend.
+pub struct FakeBackend {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeBackend {
+    /// Starts on `listen` (port 0 for a free port); every answer waits `delay` first.
+    pub async fn start(listen: SocketAddr, delay: Duration) -> std::io::Result<FakeBackend> {
+        let stats = Arc::new(Stats::default());
+        let state = FakeState {
+            delay,
+            stats: stats.clone(),
+            attempts: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/completions", post(completions))
+            .route("/v1/embeddings", post(embeddings))
+            .route("/v1/responses", post(responses))
+            .route("/v1/models", get(|| async { Json(json!({"object": "list", "data": []})) }))
+            .route("/health", get(|| async { "ok" }))
+            .route("/fake/stats", get(stats_handler))
+            .with_state(state);
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeBackend { addr, stats, task })
+    }
+
+    /// Base URL as batchd's config wants it, ending in `/v1`.
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for FakeBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn stats_handler(State(s): State<FakeState>) -> Json<Value> {
+    Json(json!({
+        "requests": s.stats.requests.load(Ordering::Relaxed),
+        "in_flight": s.stats.in_flight.load(Ordering::Relaxed),
+        "max_in_flight": s.stats.max_in_flight.load(Ordering::Relaxed),
+    }))
+}
+
+/// The prompt text of a request, whatever the endpoint.
+fn text_of(body: &Value) -> String {
+    fn strings(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+            Value::Object(map) => {
+                if let Some(c) = map.get("content") {
+                    strings(c, out)
+                } else if let Some(t) = map.get("text") {
+                    strings(t, out)
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    for key in ["messages", "prompt", "input"] {
+        if let Some(v) = body.get(key) {
+            strings(v, &mut out);
+        }
+    }
+    out.join("\n")
+}
+
+fn marker(text: &str, name: &str) -> Option<u64> {
+    let start = text.find(&format!("[{name}="))? + name.len() + 2;
+    let end = text[start..].find(']')? + start;
+    text[start..end].parse().ok()
+}
+
+fn words(text: &str) -> u64 {
+    (text.split_whitespace().count() as u64).max(1)
+}
+
+/// Runs the scripted behaviour; `Err` is the response to send instead of success.
+async fn script(state: &FakeState, text: &str) -> Result<(), Response> {
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let now = state.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    state.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    let delay = marker(text, "delay_ms").map(Duration::from_millis).unwrap_or(state.delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    state.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    if let Some(times) = marker(text, "fail_times") {
+        let mut attempts = state.attempts.lock().expect("lock");
+        let seen = attempts.entry(text.to_owned()).or_insert(0);
+        *seen += 1;
+        if *seen <= times {
+            return Err(error_response(503));
+        }
+    }
+    if let Some(status) = marker(text, "status") {
+        return Err(error_response(status as u16));
+    }
+    Ok(())
+}
+
+fn error_response(status: u16) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"error": {"message": format!("fake backend error {status}"), "type": "fake_error", "param": null, "code": null}});
+    (code, Json(body)).into_response()
+}
+
+fn model_of(body: &Value) -> Value {
+    body.get("model").cloned().unwrap_or(Value::Null)
+}
+
+async fn chat(State(s): State<FakeState>, Json(body): Json<Value>) -> Response {
+    let text = text_of(&body);
+    if let Err(r) = script(&s, &text).await {
+        return r;
+    }
+    let w = words(&text);
+    Json(json!({
+        "id": format!("chatcmpl-{}", s.stats.requests.load(Ordering::Relaxed)),
+        "object": "chat.completion", "created": crate::ids::now(), "model": model_of(&body),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("echo: {text}")},
+                     "finish_reason": "stop", "logprobs": null}],
+        "usage": {"prompt_tokens": w, "completion_tokens": w + 1, "total_tokens": 2 * w + 1},
+    }))
+    .into_response()
+}
+
+async fn completions(State(s): State<FakeState>, Json(body): Json<Value>) -> Response {
+    let text = text_of(&body);
+    if let Err(r) = script(&s, &text).await {
+        return r;
+    }
+    let w = words(&text);
+    Json(json!({
+        "id": format!("cmpl-{}", s.stats.requests.load(Ordering::Relaxed)),
+        "object": "text_completion", "created": crate::ids::now(), "model": model_of(&body),
+        "choices": [{"index": 0, "text": format!("echo: {text}"), "finish_reason": "stop", "logprobs": null}],
+        "usage": {"prompt_tokens": w, "completion_tokens": w + 1, "total_tokens": 2 * w + 1},
+    }))
+    .into_response()
+}
+
+async fn embeddings(State(s): State<FakeState>, Json(body): Json<Value>) -> Response {
+    let text = text_of(&body);
+    if let Err(r) = script(&s, &text).await {
+        return r;
+    }
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::Array(items)) => items.iter().map(|i| i.as_str().unwrap_or_default().to_owned()).collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => vec![String::new()],
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let seed = input.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            let vector: Vec<f64> = (0..8).map(|d| ((seed >> (d * 4)) & 0xF) as f64 / 15.0 - 0.5).collect();
+            json!({"object": "embedding", "index": i, "embedding": vector})
+        })
+        .collect();
+    let w = words(&text);
+    Json(json!({"object": "list", "data": data, "model": model_of(&body),
+                "usage": {"prompt_tokens": w, "total_tokens": w}}))
+    .into_response()
+}
+
+async fn responses(State(s): State<FakeState>, Json(body): Json<Value>) -> Response {
+    let text = text_of(&body);
+    if let Err(r) = script(&s, &text).await {
+        return r;
+    }
+    let w = words(&text);
+    Json(json!({
+        "id": format!("resp_{}", s.stats.requests.load(Ordering::Relaxed)),
+        "object": "response", "created_at": crate::ids::now(), "status": "completed", "model": model_of(&body),
+        "output": [{"type": "message", "role": "assistant",
+                    "content": [{"type": "output_text", "text": format!("echo: {text}")}]}],
+        "usage": {"input_tokens": w, "output_tokens": w + 1, "total_tokens": 2 * w + 1},
+    }))
+    .into_response()
+}

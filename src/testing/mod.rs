@@ -1,0 +1,5 @@
+//! Test doubles shipped with batchd so that its own tests, the SDK
+//! compatibility suites and the benchmarks share them. Nothing in the server
+//! depends on this module.
+
+pub mod fake_backend;
