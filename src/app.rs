@@ -47,6 +47,7 @@ impl Server {
             files: FileService::new(store.clone(), blobs, config.limits.max_upload_bytes),
             batches: BatchService::new(store, supervisor.clone()),
             models,
+            max_upload_bytes: config.limits.max_upload_bytes,
         };
         let listener = TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;

@@ -109,8 +109,8 @@ fn default_max_concurrency() -> usize {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
     }
 
@@ -140,7 +140,10 @@ impl Config {
                 model.name
             );
         }
-        anyhow::ensure!(self.execution.max_attempts > 0, "execution.max_attempts must be at least 1");
+        anyhow::ensure!(
+            self.execution.max_attempts > 0,
+            "execution.max_attempts must be at least 1"
+        );
         Ok(())
     }
 }

@@ -7,7 +7,10 @@
 pub enum Error {
     /// The object does not exist for this project (other projects' objects included).
     #[error("{message}")]
-    NotFound { message: String, param: Option<&'static str> },
+    NotFound {
+        message: String,
+        param: Option<&'static str>,
+    },
     /// The request itself is wrong; the client must change it.
     #[error("{message}")]
     Invalid {

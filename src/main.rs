@@ -8,7 +8,11 @@ use batchd::app::Server;
 use batchd::config::Config;
 
 #[derive(Parser)]
-#[command(name = "batchd", version, about = "A self-hosted, OpenAI-compatible Batch API server")]
+#[command(
+    name = "batchd",
+    version,
+    about = "A self-hosted, OpenAI-compatible Batch API server"
+)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "BATCHD_LOG_JSON")]
@@ -33,9 +37,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("BATCHD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if cli.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
     match cli.command {
         Command::Serve { config } => serve(config).await,
@@ -68,7 +79,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

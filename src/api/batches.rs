@@ -29,12 +29,20 @@ pub async fn create(State(app): State<AppState>, Project(project_id): Project, b
     Ok(batch_json(&app.batches.create(new).await?))
 }
 
-pub async fn retrieve(State(app): State<AppState>, Project(project_id): Project, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn retrieve(
+    State(app): State<AppState>,
+    Project(project_id): Project,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     Ok(batch_json(&app.batches.get(&project_id, &id).await?))
 }
 
 /// The SDKs send no body (Python sends an empty JSON content type); any body is ignored.
-pub async fn cancel(State(app): State<AppState>, Project(project_id): Project, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn cancel(
+    State(app): State<AppState>,
+    Project(project_id): Project,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     Ok(batch_json(&app.batches.cancel(&project_id, &id).await?))
 }
 
@@ -58,7 +66,10 @@ fn type_name(v: &Value) -> &'static str {
 
 fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::bad_request(
-        format!("Invalid type for '{param}': expected {expected}, but got {} instead.", type_name(got)),
+        format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            type_name(got)
+        ),
         Some(param),
         Some("invalid_type"),
     )
@@ -86,13 +97,21 @@ fn parse_create(project_id: String, raw: &[u8]) -> ApiResult<NewBatch> {
         )
     })?;
     let Value::Object(body) = body else {
-        return Err(ApiError::bad_request("The request body must be a JSON object.", None, None));
+        return Err(ApiError::bad_request(
+            "The request body must be a JSON object.",
+            None,
+            None,
+        ));
     };
     let input_file_id = required_string(&body, "input_file_id")?.to_owned();
     let endpoint_raw = required_string(&body, "endpoint")?;
     let endpoint = Endpoint::parse(endpoint_raw).ok_or_else(|| {
         ApiError::bad_request(
-            format!("Invalid value: '{}'. Supported values are: {}.", truncate(endpoint_raw), Endpoint::supported_list()),
+            format!(
+                "Invalid value: '{}'. Supported values are: {}.",
+                truncate(endpoint_raw),
+                Endpoint::supported_list()
+            ),
             Some("endpoint"),
             Some("invalid_value"),
         )
@@ -100,7 +119,10 @@ fn parse_create(project_id: String, raw: &[u8]) -> ApiResult<NewBatch> {
     let window = required_string(&body, "completion_window")?;
     if window != COMPLETION_WINDOW_24H {
         return Err(ApiError::bad_request(
-            format!("Invalid value: '{}'. Supported values are: '24h'.", truncate(window)),
+            format!(
+                "Invalid value for 'completion_window': '{}'. Supported values are: '24h'.",
+                truncate(window)
+            ),
             Some("completion_window"),
             Some("invalid_value"),
         ));
@@ -127,7 +149,10 @@ fn parse_create(project_id: String, raw: &[u8]) -> ApiResult<NewBatch> {
 fn check_metadata(map: &Map<String, Value>) -> ApiResult<Map<String, Value>> {
     if map.len() > MAX_METADATA_PAIRS {
         return Err(ApiError::bad_request(
-            format!("Invalid 'metadata': too many properties. Expected at most {MAX_METADATA_PAIRS} properties, but got {}.", map.len()),
+            format!(
+                "Invalid 'metadata': too many properties. Expected at most {MAX_METADATA_PAIRS} properties, but got {}.",
+                map.len()
+            ),
             Some("metadata"),
             Some("invalid_value"),
         ));
@@ -144,7 +169,10 @@ fn check_metadata(map: &Map<String, Value>) -> ApiResult<Map<String, Value>> {
         match value {
             Value::String(s) if s.chars().count() > MAX_METADATA_VALUE => {
                 return Err(ApiError::bad_request(
-                    format!("Invalid '{param}': string too long. Expected a string with maximum length {MAX_METADATA_VALUE}, but got a string with length {} instead.", s.chars().count()),
+                    format!(
+                        "Invalid '{param}': string too long. Expected a string with maximum length {MAX_METADATA_VALUE}, but got a string with length {} instead.",
+                        s.chars().count()
+                    ),
                     Some(&param),
                     Some("string_above_max_length"),
                 ));

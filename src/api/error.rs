@@ -65,13 +65,25 @@ impl From<Error> for ApiError {
         let (message, param, code) = match e {
             Error::NotFound { message, param } => (message, param.map(str::to_owned), None),
             Error::Invalid { message, param, code } => (message, param, code.map(str::to_owned)),
-            Error::Conflict { message } | Error::TooLarge { message } | Error::Unavailable { message } => (message, None, None),
+            Error::Conflict { message } | Error::TooLarge { message } | Error::Unavailable { message } => {
+                (message, None, None)
+            }
             Error::Internal(err) => {
                 tracing::error!(error = %err, "internal error");
-                ("The server had an error while processing your request.".to_owned(), None, None)
+                (
+                    "The server had an error while processing your request.".to_owned(),
+                    None,
+                    None,
+                )
             }
         };
-        Self { status, kind, message, param, code }
+        Self {
+            status,
+            kind,
+            message,
+            param,
+            code,
+        }
     }
 }
 
@@ -89,7 +101,9 @@ impl IntoResponse for ApiError {
         // The SDKs retry 409 and 5xx by default; a conflict will not resolve by
         // itself, so tell them not to (see the contract, §1.2).
         if self.status == StatusCode::CONFLICT {
-            response.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
         }
         response
     }

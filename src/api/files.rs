@@ -4,7 +4,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::{Field, Multipart, MultipartRejection};
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 
@@ -34,9 +34,8 @@ pub async fn upload(
     Project(project_id): Project,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
-    let mut multipart = multipart.map_err(|e| {
-        ApiError::bad_request(format!("The request must be multipart/form-data: {e}"), None, None)
-    })?;
+    let mut multipart = multipart
+        .map_err(|e| ApiError::bad_request(format!("The request must be multipart/form-data: {e}"), None, None))?;
     let mut form = UploadForm::default();
     let mut staged: Option<StagedFile> = None;
     // Any error after bytes were staged must remove them.
@@ -45,7 +44,11 @@ pub async fn upload(
             match field.name().unwrap_or_default() {
                 "file" => {
                     if staged.is_some() {
-                        return Err(ApiError::bad_request("Only one 'file' may be uploaded per request.", Some("file"), None));
+                        return Err(ApiError::bad_request(
+                            "Only one 'file' may be uploaded per request.",
+                            Some("file"),
+                            None,
+                        ));
                     }
                     form.filename = Some(clean_filename(field.file_name().unwrap_or("upload")));
                     staged = Some(app.files.stage(field.map_err(|e| e.body_text())).await?);
@@ -60,7 +63,11 @@ pub async fn upload(
         let purpose = Purpose::parse_uploadable(purpose).ok_or_else(|| {
             let allowed: Vec<&str> = Purpose::UPLOADABLE.iter().map(|p| p.as_str()).collect();
             ApiError::bad_request(
-                format!("Invalid value: '{}'. Supported values are: '{}'.", truncate(purpose), allowed.join("', '")),
+                format!(
+                    "Invalid value: '{}'. Supported values are: '{}'.",
+                    truncate(purpose),
+                    allowed.join("', '")
+                ),
                 Some("purpose"),
                 Some("invalid_value"),
             )
@@ -78,6 +85,9 @@ pub async fn upload(
             if let Some(staged) = staged {
                 app.files.discard(staged).await;
             }
+            if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                drain(&mut multipart, app.max_upload_bytes).await;
+            }
             return Err(e);
         }
     };
@@ -91,12 +101,35 @@ pub async fn upload(
     Ok(file_json(&record))
 }
 
+/// Reads and discards what is left of a refused upload (up to `budget` bytes).
+/// HTTP/1.1 clients send the whole body before reading the answer; closing the
+/// connection under them turns a clear 413 into a broken pipe.
+async fn drain(multipart: &mut Multipart, budget: u64) {
+    let mut drained: u64 = 0;
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(chunk)) = field.chunk().await {
+            drained += chunk.len() as u64;
+            if drained > budget {
+                return;
+            }
+        }
+    }
+}
+
 fn missing(name: &str) -> ApiError {
-    ApiError::bad_request(format!("Missing required parameter: '{name}'."), Some(name), Some("missing_required_parameter"))
+    ApiError::bad_request(
+        format!("Missing required parameter: '{name}'."),
+        Some(name),
+        Some("missing_required_parameter"),
+    )
 }
 
 fn malformed(e: axum::extract::multipart::MultipartError) -> ApiError {
-    ApiError::bad_request(format!("The multipart body could not be parsed: {}", e.body_text()), None, None)
+    ApiError::bad_request(
+        format!("The multipart body could not be parsed: {}", e.body_text()),
+        None,
+        None,
+    )
 }
 
 async fn text(mut field: Field<'_>) -> ApiResult<String> {
@@ -105,10 +138,15 @@ async fn text(mut field: Field<'_>) -> ApiResult<String> {
     while let Some(chunk) = field.chunk().await.map_err(malformed)? {
         buf.extend_from_slice(&chunk);
         if buf.len() > MAX_TEXT_FIELD {
-            return Err(ApiError::bad_request(format!("The field '{name}' is too long."), Some(&name), None));
+            return Err(ApiError::bad_request(
+                format!("The field '{name}' is too long."),
+                Some(&name),
+                None,
+            ));
         }
     }
-    String::from_utf8(buf).map_err(|_| ApiError::bad_request(format!("The field '{name}' is not UTF-8 text."), Some(&name), None))
+    String::from_utf8(buf)
+        .map_err(|_| ApiError::bad_request(format!("The field '{name}' is not UTF-8 text."), Some(&name), None))
 }
 
 fn parse_expires_after(anchor: Option<&str>, seconds: Option<&str>) -> ApiResult<Option<i64>> {
@@ -157,7 +195,10 @@ pub async fn list(State(app): State<AppState>, Project(project_id): Project, par
         Some("asc") => Order::Asc,
         Some(other) => {
             return Err(ApiError::bad_request(
-                format!("Invalid value: '{}'. Supported values are: 'asc' and 'desc'.", truncate(other)),
+                format!(
+                    "Invalid value: '{}'. Supported values are: 'asc' and 'desc'.",
+                    truncate(other)
+                ),
                 Some("order"),
                 Some("invalid_value"),
             ));
@@ -174,18 +215,34 @@ pub async fn list(State(app): State<AppState>, Project(project_id): Project, par
     Ok(Json(envelope).into_response())
 }
 
-pub async fn retrieve(State(app): State<AppState>, Project(project_id): Project, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn retrieve(
+    State(app): State<AppState>,
+    Project(project_id): Project,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     Ok(file_json(&app.files.get(&project_id, &id).await?))
 }
 
-pub async fn delete(State(app): State<AppState>, Project(project_id): Project, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn delete(
+    State(app): State<AppState>,
+    Project(project_id): Project,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let record = app.files.delete(&project_id, &id).await?;
-    let deleted = FileDeleted { id: &record.id, object: "file", deleted: true };
+    let deleted = FileDeleted {
+        id: &record.id,
+        object: "file",
+        deleted: true,
+    };
     Ok(Json(deleted).into_response())
 }
 
 /// Streams the stored bytes; never reads the whole file into memory.
-pub async fn content(State(app): State<AppState>, Project(project_id): Project, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn content(
+    State(app): State<AppState>,
+    Project(project_id): Project,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let (record, stream) = app.files.content(&project_id, &id).await?;
     Ok((
         [

@@ -28,6 +28,7 @@ pub struct AppState {
     pub files: FileService,
     pub batches: BatchService,
     pub models: ModelRegistry,
+    pub max_upload_bytes: u64,
 }
 
 /// Issues `req_<hex>` ids, the format OpenAI's `x-request-id` has.
@@ -66,5 +67,6 @@ pub fn router(state: AppState) -> Router {
 
 /// OpenAI answers unknown routes with 404 and `Invalid URL (METHOD /path)`.
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::bad_request(format!("Invalid URL ({method} {})", uri.path()), None, None).with_status(StatusCode::NOT_FOUND)
+    ApiError::bad_request(format!("Invalid URL ({method} {})", uri.path()), None, None)
+        .with_status(StatusCode::NOT_FOUND)
 }

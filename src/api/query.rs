@@ -29,11 +29,16 @@ impl Params {
 
     /// An integer in `min..=max`, or `default` when absent.
     pub fn int_in(&self, name: &str, min: u32, max: u32, default: u32) -> Result<u32, ApiError> {
-        let Some(raw) = self.string(name) else { return Ok(default) };
+        let Some(raw) = self.string(name) else {
+            return Ok(default);
+        };
         match raw.parse::<i64>() {
             Ok(n) if (i64::from(min)..=i64::from(max)).contains(&n) => Ok(n as u32),
             _ => Err(ApiError::bad_request(
-                format!("Invalid '{name}': expected an integer between {min} and {max}, but got '{}'.", truncate(raw)),
+                format!(
+                    "Invalid '{name}': expected an integer between {min} and {max}, but got '{}'.",
+                    truncate(raw)
+                ),
                 Some(name),
                 Some("invalid_value"),
             )),

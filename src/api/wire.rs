@@ -143,9 +143,13 @@ impl<'a> From<&'a BatchRecord> for BatchObject<'a> {
             request_counts: b.request_counts,
             usage: b.usage.map(|u| UsageObject {
                 input_tokens: u.input_tokens,
-                input_tokens_details: CachedTokens { cached_tokens: u.cached_tokens },
+                input_tokens_details: CachedTokens {
+                    cached_tokens: u.cached_tokens,
+                },
                 output_tokens: u.output_tokens,
-                output_tokens_details: ReasoningTokens { reasoning_tokens: u.reasoning_tokens },
+                output_tokens_details: ReasoningTokens {
+                    reasoning_tokens: u.reasoning_tokens,
+                },
                 total_tokens: u.total_tokens,
             }),
             metadata: b.metadata.as_ref(),

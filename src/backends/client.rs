@@ -50,7 +50,11 @@ impl Backend {
     /// Waits for a free request slot on this backend. Slots are granted in
     /// arrival order (tokio's semaphore is fair).
     pub async fn acquire(&self) -> OwnedSemaphorePermit {
-        self.permits.clone().acquire_owned().await.expect("backend semaphore is never closed")
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("backend semaphore is never closed")
     }
 
     /// Sends `body` to `path` (relative to the base URL, e.g. `/chat/completions`),
@@ -97,7 +101,11 @@ impl Backend {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         match response.bytes().await {
-            Ok(body) => Outcome::Response { status, request_id, body },
+            Ok(body) => Outcome::Response {
+                status,
+                request_id,
+                body,
+            },
             Err(e) => Outcome::Unreachable { message: describe(e) },
         }
     }

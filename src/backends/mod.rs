@@ -31,7 +31,10 @@ impl ModelRegistry {
         let mut map = HashMap::new();
         let mut order = vec![];
         for model in models {
-            map.insert(model.name.clone(), Arc::new(Backend::new(model, http.clone(), execution)));
+            map.insert(
+                model.name.clone(),
+                Arc::new(Backend::new(model, http.clone(), execution)),
+            );
             order.push(model.name.clone());
         }
         Ok(Self {

@@ -40,7 +40,10 @@ pub fn extract_usage(body: &[u8]) -> Usage {
     let input = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
     let output = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
     let input_details = u.prompt_tokens_details.or(u.input_tokens_details).unwrap_or_default();
-    let output_details = u.completion_tokens_details.or(u.output_tokens_details).unwrap_or_default();
+    let output_details = u
+        .completion_tokens_details
+        .or(u.output_tokens_details)
+        .unwrap_or_default();
     Usage {
         input_tokens: input,
         cached_tokens: input_details.cached_tokens.unwrap_or(0),
@@ -58,10 +61,16 @@ mod tests {
     fn chat_and_responses_usage_map_to_batch_usage() {
         let chat = br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":1}}}"#;
         let u = extract_usage(chat);
-        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens), (3, 4, 7, 1));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens),
+            (3, 4, 7, 1)
+        );
         let resp = br#"{"usage":{"input_tokens":2,"output_tokens":5,"output_tokens_details":{"reasoning_tokens":3}}}"#;
         let u = extract_usage(resp);
-        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens, u.reasoning_tokens), (2, 5, 7, 3));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.total_tokens, u.reasoning_tokens),
+            (2, 5, 7, 3)
+        );
         let emb = br#"{"usage":{"prompt_tokens":9,"total_tokens":9}}"#;
         assert_eq!(extract_usage(emb).output_tokens, 0);
         assert_eq!(extract_usage(b"garbage"), Usage::default());

@@ -56,6 +56,10 @@ impl Endpoint {
 
     /// `'/v1/chat/completions', '/v1/completions', ...` for error messages.
     pub fn supported_list() -> String {
-        Self::ALL.iter().map(|e| format!("'{}'", e.path())).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|e| format!("'{}'", e.path()))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

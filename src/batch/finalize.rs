@@ -33,7 +33,10 @@ pub async fn finalize(rt: &Runtime, batch: &BatchRecord, from: BatchStatus, to: 
                 "batch_expired",
                 "This request could not be executed before the completion window expired.",
             ),
-            _ => ("batch_cancelled", "This request was not executed because the batch was cancelled."),
+            _ => (
+                "batch_cancelled",
+                "This request was not executed because the batch was cancelled.",
+            ),
         };
         record_unexecuted(rt, batch, code, message).await?;
     }
@@ -52,7 +55,9 @@ pub async fn finalize(rt: &Runtime, batch: &BatchRecord, from: BatchStatus, to: 
 
 /// Records a `code` error result for every input line without a result.
 async fn record_unexecuted(rt: &Runtime, batch: &BatchRecord, code: &str, message: &str) -> Result<()> {
-    let Some(endpoint) = Endpoint::parse(&batch.endpoint) else { return Ok(()) };
+    let Some(endpoint) = Endpoint::parse(&batch.endpoint) else {
+        return Ok(());
+    };
     let finished = rt.store.finished_lines(&batch.id).await?;
     let mut finished = finished.into_iter().peekable();
     let mut reader = input_reader(rt, batch).await?;
@@ -78,7 +83,11 @@ async fn write_result_file(rt: &Runtime, batch: &BatchRecord, kind: ResultFileKi
     if page.is_empty() {
         return Ok(None);
     }
-    let (suffix, key_name) = if is_error { ("error", "error.jsonl") } else { ("output", "output.jsonl") };
+    let (suffix, key_name) = if is_error {
+        ("error", "error.jsonl")
+    } else {
+        ("output", "output.jsonl")
+    };
     let storage_key = format!("batches/{}/{key_name}", batch.id);
     let mut writer = rt.blobs.writer(&storage_key);
     let mut bytes: u64 = 0;
@@ -90,13 +99,21 @@ async fn write_result_file(rt: &Runtime, batch: &BatchRecord, kind: ResultFileKi
                 writer.write_all(b"\n").await?;
                 bytes += text.len() as u64 + 1;
             }
-            page = rt.store.result_page(&batch.id, is_error, last_line, PAGE).await.map_err(std::io::Error::other)?;
+            page = rt
+                .store
+                .result_page(&batch.id, is_error, last_line, PAGE)
+                .await
+                .map_err(std::io::Error::other)?;
         }
         writer.shutdown().await
     };
     if let Err(e) = write.await {
         let _ = writer.abort().await;
-        let e = if e.kind() == std::io::ErrorKind::StorageFull { BlobError::NoSpace } else { BlobError::Io(e) };
+        let e = if e.kind() == std::io::ErrorKind::StorageFull {
+            BlobError::NoSpace
+        } else {
+            BlobError::Io(e)
+        };
         return Err(Error::internal(e));
     }
     let created_at = ids::now();

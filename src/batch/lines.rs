@@ -104,7 +104,8 @@ mod tests {
     use super::*;
 
     fn reader(chunks: &[&'static str], max: u64) -> LineReader {
-        let items: Vec<Result<Bytes, BlobError>> = chunks.iter().map(|c| Ok(Bytes::from_static(c.as_bytes()))).collect();
+        let items: Vec<Result<Bytes, BlobError>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c.as_bytes()))).collect();
         LineReader::new(futures::stream::iter(items).boxed(), max)
     }
 

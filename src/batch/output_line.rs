@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::backends::Outcome;
-use crate::batch::record::Usage;
 use crate::backends::usage::extract_usage;
+use crate::batch::record::Usage;
 use crate::ids;
 
 #[derive(Serialize)]
@@ -63,7 +63,11 @@ pub fn error_line(custom_id: &str, code: &str, message: &str) -> Rendered {
 pub fn from_outcome(custom_id: &str, outcome: &Outcome) -> Rendered {
     let (status, request_id, body) = match outcome {
         Outcome::Unreachable { message } => return error_line(custom_id, "backend_unavailable", message),
-        Outcome::Response { status, request_id, body } => (*status, request_id, body),
+        Outcome::Response {
+            status,
+            request_id,
+            body,
+        } => (*status, request_id, body),
     };
     let generated_id;
     let request_id = match request_id {
@@ -81,7 +85,15 @@ pub fn from_outcome(custom_id: &str, outcome: &Outcome) -> Rendered {
     match (success, parsed) {
         (true, Some(body_json)) => Rendered {
             is_error: false,
-            line: render(custom_id, Some(ResponsePart { status_code: status, request_id, body: body_json }), None),
+            line: render(
+                custom_id,
+                Some(ResponsePart {
+                    status_code: status,
+                    request_id,
+                    body: body_json,
+                }),
+                None,
+            ),
             usage: extract_usage(body.as_ref()),
         },
         (true, None) => error_line(
@@ -91,7 +103,15 @@ pub fn from_outcome(custom_id: &str, outcome: &Outcome) -> Rendered {
         ),
         (false, Some(body_json)) => Rendered {
             is_error: true,
-            line: render(custom_id, Some(ResponsePart { status_code: status, request_id, body: body_json }), None),
+            line: render(
+                custom_id,
+                Some(ResponsePart {
+                    status_code: status,
+                    request_id,
+                    body: body_json,
+                }),
+                None,
+            ),
             usage: Usage::default(),
         },
         (false, None) => {
@@ -105,7 +125,15 @@ pub fn from_outcome(custom_id: &str, outcome: &Outcome) -> Rendered {
             let wrapped = RawValue::from_string(wrapped.to_string()).expect("valid json");
             Rendered {
                 is_error: true,
-                line: render(custom_id, Some(ResponsePart { status_code: status, request_id, body: &wrapped }), None),
+                line: render(
+                    custom_id,
+                    Some(ResponsePart {
+                        status_code: status,
+                        request_id,
+                        body: &wrapped,
+                    }),
+                    None,
+                ),
                 usage: Usage::default(),
             }
         }
@@ -142,13 +170,22 @@ mod tests {
 
     #[test]
     fn http_errors_go_to_error_file_with_response_filled() {
-        let outcome = Outcome::Response { status: 502, request_id: None, body: Bytes::from_static(b"<html>bad gateway</html>") };
+        let outcome = Outcome::Response {
+            status: 502,
+            request_id: None,
+            body: Bytes::from_static(b"<html>bad gateway</html>"),
+        };
         let r = from_outcome("c2", &outcome);
         let v = parse(&r);
         assert!(r.is_error);
         assert_eq!(v["response"]["status_code"], 502);
         assert!(v["response"]["request_id"].as_str().unwrap().starts_with("req_"));
-        assert!(v["response"]["body"]["error"]["message"].as_str().unwrap().contains("502"));
+        assert!(
+            v["response"]["body"]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("502")
+        );
         assert!(v["error"].is_null());
         let unreachable = from_outcome("c3", &Outcome::Unreachable { message: "down".into() });
         let v = parse(&unreachable);

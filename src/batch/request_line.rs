@@ -88,7 +88,11 @@ pub fn parse_line(bytes: &[u8], endpoint: Endpoint) -> Result<RequestLine<'_>, L
         return Err(missing("custom_id"));
     }
     let custom_id = raw.custom_id.and_then(as_string).ok_or_else(|| {
-        LineProblem::new("invalid_type", "Invalid type for 'custom_id': expected a string.", Some("custom_id"))
+        LineProblem::new(
+            "invalid_type",
+            "Invalid type for 'custom_id': expected a string.",
+            Some("custom_id"),
+        )
     })?;
     if is_null(raw.method) {
         return Err(missing("method"));
@@ -114,8 +118,13 @@ pub fn parse_line(bytes: &[u8], endpoint: Endpoint) -> Result<RequestLine<'_>, L
         Some(body) if body.get() != "null" => body,
         _ => return Err(missing("body")),
     };
-    let view: BodyView<'_> = serde_json::from_str(body.get())
-        .map_err(|_| LineProblem::new("invalid_type", "Invalid type for 'body': expected an object.", Some("body")))?;
+    let view: BodyView<'_> = serde_json::from_str(body.get()).map_err(|_| {
+        LineProblem::new(
+            "invalid_type",
+            "Invalid type for 'body': expected an object.",
+            Some("body"),
+        )
+    })?;
     if view.stream.is_some_and(|s| s.get() == "true") {
         return Err(LineProblem::new(
             "streaming_unsupported",
@@ -124,10 +133,18 @@ pub fn parse_line(bytes: &[u8], endpoint: Endpoint) -> Result<RequestLine<'_>, L
         ));
     }
     if is_null(view.model) {
-        return Err(LineProblem::new("invalid_request", "Model parameter is required.", Some("body.model")));
+        return Err(LineProblem::new(
+            "invalid_request",
+            "Model parameter is required.",
+            Some("body.model"),
+        ));
     }
     let model = view.model.and_then(as_string).ok_or_else(|| {
-        LineProblem::new("invalid_type", "Invalid type for 'body.model': expected a string.", Some("body.model"))
+        LineProblem::new(
+            "invalid_type",
+            "Invalid type for 'body.model': expected a string.",
+            Some("body.model"),
+        )
     })?;
     let required = match endpoint.required_field() {
         "messages" => view.messages,
@@ -164,7 +181,10 @@ mod tests {
         let parsed = parse_line(line.as_bytes(), CHAT).unwrap();
         assert_eq!(parsed.custom_id, "a");
         assert_eq!(parsed.model, "m");
-        assert_eq!(parsed.body.get(), r#"{"model":"m","messages":[{"role":"user","content":"hi"}], "max_tokens": 5}"#);
+        assert_eq!(
+            parsed.body.get(),
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}], "max_tokens": 5}"#
+        );
     }
 
     #[test]
@@ -172,17 +192,31 @@ mod tests {
         assert_eq!(code("not json").0, "invalid_json_line");
         assert_eq!(code("[1,2]").0, "invalid_json_line");
         assert_eq!(code("\u{feff}{}").0, "invalid_json_line");
-        assert_eq!(code(r#"{"method":"POST"}"#), ("missing_required_parameter", Some("custom_id".into())));
-        assert_eq!(code(r#"{"custom_id":"a"}"#), ("missing_required_parameter", Some("method".into())));
+        assert_eq!(
+            code(r#"{"method":"POST"}"#),
+            ("missing_required_parameter", Some("custom_id".into()))
+        );
+        assert_eq!(
+            code(r#"{"custom_id":"a"}"#),
+            ("missing_required_parameter", Some("method".into()))
+        );
         assert_eq!(code(r#"{"custom_id":"a","method":"GET"}"#).0, "invalid_method");
-        assert_eq!(code(r#"{"custom_id":"a","method":"POST"}"#), ("missing_required_parameter", Some("url".into())));
-        assert_eq!(code(r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{}}"#).0, "invalid_url");
+        assert_eq!(
+            code(r#"{"custom_id":"a","method":"POST"}"#),
+            ("missing_required_parameter", Some("url".into()))
+        );
+        assert_eq!(
+            code(r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{}}"#).0,
+            "invalid_url"
+        );
         assert_eq!(
             code(r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions"}"#),
             ("missing_required_parameter", Some("body".into()))
         );
         assert_eq!(
-            code(r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[],"stream":true}}"#),
+            code(
+                r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[],"stream":true}}"#
+            ),
             ("streaming_unsupported", Some("body.stream".into()))
         );
         assert_eq!(
@@ -193,6 +227,9 @@ mod tests {
             code(r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}"#),
             ("invalid_request", Some("body.messages".into()))
         );
-        assert_eq!(code(r#"{"custom_id":7,"method":"POST"}"#), ("invalid_type", Some("custom_id".into())));
+        assert_eq!(
+            code(r#"{"custom_id":7,"method":"POST"}"#),
+            ("invalid_type", Some("custom_id".into()))
+        );
     }
 }

@@ -97,7 +97,13 @@ pub(super) async fn input_reader(rt: &Runtime, batch: &BatchRecord) -> Result<Li
         .store
         .get_file(&batch.project_id, &batch.input_file_id)
         .await?
-        .ok_or_else(|| Error::internal(anyhow::anyhow!("input file {} of batch {} is gone", batch.input_file_id, batch.id)))?;
+        .ok_or_else(|| {
+            Error::internal(anyhow::anyhow!(
+                "input file {} of batch {} is gone",
+                batch.input_file_id,
+                batch.id
+            ))
+        })?;
     let stream = rt.blobs.get_stream(&file.storage_key).await.map_err(Error::internal)?;
     Ok(LineReader::new(stream, rt.limits.max_line_bytes))
 }

@@ -87,11 +87,14 @@ impl BatchService {
     }
 
     pub async fn list(&self, project_id: &str, after: Option<&str>, limit: u32) -> Result<Page<BatchRecord>> {
-        self.store.list_batches(project_id, after, limit).await?.ok_or_else(|| Error::Invalid {
-            message: format!("No batch found with id '{}'.", after.unwrap_or_default()),
-            param: Some("after".into()),
-            code: None,
-        })
+        self.store
+            .list_batches(project_id, after, limit)
+            .await?
+            .ok_or_else(|| Error::Invalid {
+                message: format!("No batch found with id '{}'.", after.unwrap_or_default()),
+                param: Some("after".into()),
+                code: None,
+            })
     }
 
     pub async fn cancel(&self, project_id: &str, id: &str) -> Result<BatchRecord> {
@@ -99,7 +102,7 @@ impl BatchService {
             CancelOutcome::Accepted(batch) => {
                 tracing::info!(batch_id = %batch.id, "batch cancel requested");
                 self.supervisor.cancel(&batch.id);
-                Ok(batch)
+                Ok(*batch)
             }
             CancelOutcome::Refused(status) => Err(Error::Conflict {
                 message: format!("Cannot cancel a batch with status '{}'.", status.as_str()),

@@ -119,7 +119,10 @@ pub async fn validate(
             if unknown_models_reported.insert(request.model.clone()) {
                 problems.push(BatchError::new(
                     "model_not_found",
-                    format!("The provided model '{}' is not supported by the Batch API.", request.model),
+                    format!(
+                        "The provided model '{}' is not supported by the Batch API.",
+                        request.model
+                    ),
                     Some("body.model"),
                     Some(line.number),
                 ));
@@ -141,7 +144,12 @@ pub async fn validate(
         }
     }
     if total == 0 {
-        problems.push(BatchError::new("empty_file", "The input file contains no requests.", None, None));
+        problems.push(BatchError::new(
+            "empty_file",
+            "The input file contains no requests.",
+            None,
+            None,
+        ));
     }
     match (problems.list.is_empty(), model) {
         (true, Some(model)) => Ok(Verdict::Valid { model, total }),

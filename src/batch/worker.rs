@@ -50,7 +50,9 @@ pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals) -> Result<()
             BatchStatus::Validating => run_validation(rt, &batch, &stop).await?,
             BatchStatus::InProgress => {
                 if run(rt, &batch, &stop).await? == RunEnd::AllDone {
-                    rt.store.transition(&batch.id, BatchStatus::Finalizing, ids::now()).await?;
+                    rt.store
+                        .transition(&batch.id, BatchStatus::Finalizing, ids::now())
+                        .await?;
                 } else if signals.shutdown.is_cancelled() {
                     return Ok(());
                 }
@@ -75,7 +77,13 @@ async fn run_validation(rt: &Runtime, batch: &BatchRecord, stop: &CancellationTo
         rt.store.fail_validation(&batch.id, &errors, now()).await.map(|_| ())
     };
     let Some(endpoint) = Endpoint::parse(&batch.endpoint) else {
-        return fail(vec![BatchError::new("invalid_value", "Unsupported endpoint.", Some("endpoint"), None)]).await;
+        return fail(vec![BatchError::new(
+            "invalid_value",
+            "Unsupported endpoint.",
+            Some("endpoint"),
+            None,
+        )])
+        .await;
     };
     let Some(file) = rt.store.get_file(&batch.project_id, &batch.input_file_id).await? else {
         return fail(vec![BatchError::new(
@@ -89,7 +97,11 @@ async fn run_validation(rt: &Runtime, batch: &BatchRecord, stop: &CancellationTo
         )])
         .await;
     };
-    let stream = rt.blobs.get_stream(&file.storage_key).await.map_err(crate::error::Error::internal)?;
+    let stream = rt
+        .blobs
+        .get_stream(&file.storage_key)
+        .await
+        .map_err(crate::error::Error::internal)?;
     let reader = super::lines::LineReader::new(stream, rt.limits.max_line_bytes);
     let models = rt.models.clone();
     let verdict = tokio::select! {

@@ -21,7 +21,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let backend = batchd::testing::fake_backend::FakeBackend::start(args.listen, Duration::from_millis(args.delay_ms)).await?;
+    let backend =
+        batchd::testing::fake_backend::FakeBackend::start(args.listen, Duration::from_millis(args.delay_ms)).await?;
     println!("fake backend listening on http://{}", backend.addr);
     std::io::stdout().flush()?;
     tokio::signal::ctrl_c().await?;

@@ -37,7 +37,11 @@ pub struct NewFile {
 
 impl FileService {
     pub fn new(store: Arc<dyn Store>, blobs: Blobs, max_upload_bytes: u64) -> Self {
-        Self { store, blobs, max_upload_bytes }
+        Self {
+            store,
+            blobs,
+            max_upload_bytes,
+        }
     }
 
     pub fn blobs(&self) -> &Blobs {
@@ -99,15 +103,22 @@ impl FileService {
     }
 
     pub async fn list(&self, project_id: &str, query: &FileListQuery) -> Result<Page<FileRecord>> {
-        self.store.list_files(project_id, query).await?.ok_or_else(|| Error::Invalid {
-            message: format!("No such File object: {}", query.after.as_deref().unwrap_or_default()),
-            param: Some("after".into()),
-            code: None,
-        })
+        self.store
+            .list_files(project_id, query)
+            .await?
+            .ok_or_else(|| Error::Invalid {
+                message: format!("No such File object: {}", query.after.as_deref().unwrap_or_default()),
+                param: Some("after".into()),
+                code: None,
+            })
     }
 
     pub async fn delete(&self, project_id: &str, id: &str) -> Result<FileRecord> {
-        let record = self.store.delete_file(project_id, id).await?.ok_or_else(|| not_found(id))?;
+        let record = self
+            .store
+            .delete_file(project_id, id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
         if let Err(e) = self.blobs.delete(&record.storage_key).await {
             // The row is already gone from the API; leftover bytes are only disk space.
             tracing::warn!(file_id = %record.id, error = %e, "could not remove deleted file's bytes");
@@ -115,9 +126,17 @@ impl FileService {
         Ok(record)
     }
 
-    pub async fn content(&self, project_id: &str, id: &str) -> Result<(FileRecord, BoxStream<'static, Result<Bytes, BlobError>>)> {
+    pub async fn content(
+        &self,
+        project_id: &str,
+        id: &str,
+    ) -> Result<(FileRecord, BoxStream<'static, Result<Bytes, BlobError>>)> {
         let record = self.get(project_id, id).await?;
-        let stream = self.blobs.get_stream(&record.storage_key).await.map_err(|e| blob_error(e, "file"))?;
+        let stream = self
+            .blobs
+            .get_stream(&record.storage_key)
+            .await
+            .map_err(|e| blob_error(e, "file"))?;
         Ok((record, stream))
     }
 }
@@ -138,7 +157,9 @@ pub fn blob_error(e: BlobError, what: &str) -> Error {
         BlobError::NoSpace => Error::Unavailable {
             message: "The server is out of storage space; try again later.".into(),
         },
-        BlobError::Source(msg) => Error::invalid(format!("Could not read the uploaded {what}: {msg}"), Some("file"), None),
+        BlobError::Source(msg) => {
+            Error::invalid(format!("Could not read the uploaded {what}: {msg}"), Some("file"), None)
+        }
         other => Error::internal(other),
     }
 }

@@ -47,7 +47,7 @@ pub trait FileRepo: Send + Sync {
 #[derive(Debug)]
 pub enum CancelOutcome {
     /// The batch is now `cancelling` (or already was, or is already `cancelled`).
-    Accepted(BatchRecord),
+    Accepted(Box<BatchRecord>),
     /// The batch is terminal in a status that cannot be cancelled.
     Refused(BatchStatus),
     NotFound,
@@ -60,7 +60,12 @@ pub trait BatchRepo: Send + Sync {
     /// Any project's batch: for workers, never for API handlers.
     async fn get_batch_any_project(&self, id: &str) -> Result<Option<BatchRecord>>;
     /// Newest first. `Ok(None)` when `after` names no batch of this project.
-    async fn list_batches(&self, project_id: &str, after: Option<&str>, limit: u32) -> Result<Option<Page<BatchRecord>>>;
+    async fn list_batches(
+        &self,
+        project_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Page<BatchRecord>>>;
     /// Batches a worker must still move forward, oldest first.
     async fn active_batches(&self) -> Result<Vec<BatchRecord>>;
     /// Compare-and-set status change that stamps the new status's timestamp.
@@ -73,7 +78,14 @@ pub trait BatchRepo: Send + Sync {
     async fn request_cancel(&self, project_id: &str, id: &str, now: i64) -> Result<CancelOutcome>;
     /// Registers the result files and moves the batch to its terminal status,
     /// in one transaction, so a batch is never terminal without its files.
-    async fn finish(&self, id: &str, from: BatchStatus, to: BatchStatus, files: &[FinishedFile], now: i64) -> Result<bool>;
+    async fn finish(
+        &self,
+        id: &str,
+        from: BatchStatus,
+        to: BatchStatus,
+        files: &[FinishedFile],
+        now: i64,
+    ) -> Result<bool>;
 }
 
 /// A result file written by finalization, and which of the batch's columns names it.
@@ -110,7 +122,13 @@ pub trait ResultRepo: Send + Sync {
     /// The input lines of a batch that already have a result.
     async fn finished_lines(&self, batch_id: &str) -> Result<Vec<u64>>;
     /// Up to `limit` result lines of one file, in input order, after `after_line`.
-    async fn result_page(&self, batch_id: &str, is_error: bool, after_line: u64, limit: u32) -> Result<Vec<(u64, String)>>;
+    async fn result_page(
+        &self,
+        batch_id: &str,
+        is_error: bool,
+        after_line: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, String)>>;
 }
 
 /// Everything the services need from persistence.

@@ -56,7 +56,10 @@ impl FakeBackend {
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/responses", post(responses))
-            .route("/v1/models", get(|| async { Json(json!({"object": "list", "data": []})) }))
+            .route(
+                "/v1/models",
+                get(|| async { Json(json!({"object": "list", "data": []})) }),
+            )
             .route("/health", get(|| async { "ok" }))
             .route("/fake/stats", get(stats_handler))
             .with_state(state);
@@ -132,7 +135,9 @@ async fn script(state: &FakeState, text: &str) -> Result<(), Response> {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     let now = state.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     state.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
-    let delay = marker(text, "delay_ms").map(Duration::from_millis).unwrap_or(state.delay);
+    let delay = marker(text, "delay_ms")
+        .map(Duration::from_millis)
+        .unwrap_or(state.delay);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -198,7 +203,10 @@ async fn embeddings(State(s): State<FakeState>, Json(body): Json<Value>) -> Resp
         return r;
     }
     let inputs: Vec<String> = match body.get("input") {
-        Some(Value::Array(items)) => items.iter().map(|i| i.as_str().unwrap_or_default().to_owned()).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().unwrap_or_default().to_owned())
+            .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => vec![String::new()],
     };
@@ -206,7 +214,9 @@ async fn embeddings(State(s): State<FakeState>, Json(body): Json<Value>) -> Resp
         .iter()
         .enumerate()
         .map(|(i, input)| {
-            let seed = input.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            let seed = input
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
             let vector: Vec<f64> = (0..8).map(|d| ((seed >> (d * 4)) & 0xF) as f64 / 15.0 - 0.5).collect();
             json!({"object": "embedding", "index": i, "embedding": vector})
         })

@@ -1,6 +1,6 @@
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Row};
 use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteStore;
 use super::files::insert_file;
@@ -76,7 +76,12 @@ fn stamp_clause(to: BatchStatus) -> String {
 #[async_trait]
 impl BatchRepo for SqliteStore {
     async fn insert_batch(&self, b: &BatchRecord) -> Result<()> {
-        let metadata = b.metadata.as_ref().map(|m| serde_json::to_string(m)).transpose().map_err(Error::internal)?;
+        let metadata = b
+            .metadata
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(Error::internal)?;
         sqlx::query(
             "INSERT INTO batches (id, project_id, endpoint, model, input_file_id, completion_window, status,
                                   metadata, output_expires_after, created_at, expires_at)
@@ -115,7 +120,12 @@ impl BatchRepo for SqliteStore {
         row.as_ref().map(batch_from_row).transpose()
     }
 
-    async fn list_batches(&self, project_id: &str, after: Option<&str>, limit: u32) -> Result<Option<Page<BatchRecord>>> {
+    async fn list_batches(
+        &self,
+        project_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Page<BatchRecord>>> {
         let cursor: Option<i64> = match after {
             None => None,
             Some(after) => {
@@ -141,12 +151,19 @@ impl BatchRepo for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         let has_more = rows.len() > limit as usize;
-        let items = rows.iter().take(limit as usize).map(batch_from_row).collect::<Result<_>>()?;
+        let items = rows
+            .iter()
+            .take(limit as usize)
+            .map(batch_from_row)
+            .collect::<Result<_>>()?;
         Ok(Some(Page { items, has_more }))
     }
 
     async fn active_batches(&self) -> Result<Vec<BatchRecord>> {
-        let statuses: Vec<String> = BatchStatus::ACTIVE.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        let statuses: Vec<String> = BatchStatus::ACTIVE
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT * FROM batches WHERE status IN ({}) ORDER BY seq ASC",
             statuses.join(", ")
@@ -162,7 +179,12 @@ impl BatchRepo for SqliteStore {
             stamp_clause(to),
             from_clause(to)
         );
-        let done = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(to.as_str()).bind(id).execute(&self.pool).await?;
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(to.as_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -220,12 +242,21 @@ impl BatchRepo for SqliteStore {
             .await?;
         Ok(match self.get_batch(project_id, id).await? {
             None => CancelOutcome::NotFound,
-            Some(b) if matches!(b.status, BatchStatus::Cancelling | BatchStatus::Cancelled) => CancelOutcome::Accepted(b),
+            Some(b) if matches!(b.status, BatchStatus::Cancelling | BatchStatus::Cancelled) => {
+                CancelOutcome::Accepted(Box::new(b))
+            }
             Some(b) => CancelOutcome::Refused(b.status),
         })
     }
 
-    async fn finish(&self, id: &str, from: BatchStatus, to: BatchStatus, files: &[FinishedFile], now: i64) -> Result<bool> {
+    async fn finish(
+        &self,
+        id: &str,
+        from: BatchStatus,
+        to: BatchStatus,
+        files: &[FinishedFile],
+        now: i64,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "UPDATE batches SET status = ?2{} WHERE id = ?3 AND status = ?4",

@@ -1,6 +1,6 @@
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Row};
 use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteStore;
 use crate::error::Result;

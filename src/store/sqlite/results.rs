@@ -78,7 +78,13 @@ impl ResultRepo for SqliteStore {
         Ok(lines.into_iter().map(|l| l as u64).collect())
     }
 
-    async fn result_page(&self, batch_id: &str, is_error: bool, after_line: u64, limit: u32) -> Result<Vec<(u64, String)>> {
+    async fn result_page(
+        &self,
+        batch_id: &str,
+        is_error: bool,
+        after_line: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, String)>> {
         let rows: Vec<(i64, String)> = sqlx::query_as(
             "SELECT line, output_line FROM batch_results
              WHERE batch_id = ? AND is_error = ? AND line > ? ORDER BY line LIMIT ?",

@@ -393,7 +393,8 @@ describe('batches', { timeout: 90_000 }, () => {
         BadRequestError,
         { status: 400, param: 'completion_window' },
       );
-      assert.match(err.message, /completion_window/);
+      // contract §1.4: "400 whose message mentions completion_window"
+      assert.match(err.message, /completion_window/, 'error message names the offending field');
     }
   });
 

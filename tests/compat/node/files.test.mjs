@@ -232,14 +232,29 @@ describe('files', { timeout: 60_000 }, () => {
     assert.ok(err.requestID);
   });
 
-  it('upload larger than max_upload_bytes -> 413', async () => {
+  it('upload larger than max_upload_bytes -> 413 (every time, not a connection reset)', async () => {
+    // The server must answer 413 in a way the client can read: if it closes the
+    // connection while the client is still sending the body, Node's fetch reports
+    // EPIPE/ECONNRESET (APIConnectionError) instead of the 413. Several attempts make
+    // that race show up reliably.
+    const countFiles = async () => {
+      let n = 0;
+      for await (const _ of client.files.list()) n++;
+      return n;
+    };
+    const filesBefore = await countFiles();
     const big = Buffer.alloc(LIMITS.max_upload_bytes + 1024, 'a');
     const noRetry = h.makeClient({ clientOptions: { maxRetries: 0 } });
-    const err = await expectApiError(
-      noRetry.files.create({ file: await toFile(big, 'big.jsonl'), purpose: 'batch' }),
-      APIError,
-    );
-    assert.equal(err.status, 413, `expected HTTP 413, got ${err.status} ${err.message}`);
+    const outcomes = [];
+    for (let i = 0; i < 8; i++) {
+      const err = await expectApiError(
+        noRetry.files.create({ file: await toFile(big, 'big.jsonl'), purpose: 'batch' }),
+        APIError,
+      );
+      outcomes.push(err.status ?? `${err.constructor.name}(${err.cause?.cause?.code ?? err.cause?.code ?? err.message})`);
+    }
+    assert.deepEqual(outcomes, Array(8).fill(413), `outcomes of 8 oversized uploads: ${outcomes.join(', ')}`);
+    assert.equal(await countFiles(), filesBefore, 'no file stored for rejected uploads');
   });
 
   it('unknown route -> 404 with OpenAI error envelope and x-request-id', async () => {

@@ -100,10 +100,20 @@ def test_cancel_immediately_after_create(h):
     rows = _slow_rows(tag, fast=0, slow=12, delay_ms=800)
     f = h.upload(rows)
     b = h.create_batch(f.id)
+    before = h.backend_stats()["requests"]
     c = h.client.batches.cancel(b.id)
     assert c.status == "cancelling", c
     final = h.wait_batch(b.id)
-    _check_cancelled_results(h, final, rows)
+    if final.in_progress_at is None:
+        # cancelled while still validating: nothing was read or executed, no result files
+        assert final.status == "cancelled", final
+        assert final.cancelling_at is not None and final.cancelled_at is not None
+        assert final.completed_at is None and final.failed_at is None
+        assert (final.request_counts.total, final.request_counts.completed, final.request_counts.failed) == (0, 0, 0)
+        assert final.output_file_id is None and final.error_file_id is None
+        assert h.backend_stats()["requests"] == before
+    else:
+        _check_cancelled_results(h, final, rows)
 
 
 def _assert_conflict_single_request(h, batch_id: str, status: str) -> None:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what building and testing batchd needs on a fresh Debian machine:
+# system packages, the Python and Node packages of the SDK compatibility suites.
+# Safe to run again: every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in pkg-config curl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# Python SDK suite: a virtualenv inside the checkout, pinned requirements.
+if [ ! -x .venv-compat/bin/python ]; then
+  python3 -m venv .venv-compat
+fi
+req=tests/compat/python/requirements.txt
+stamp=.venv-compat/.requirements-installed
+if [ ! -f "$stamp" ] || ! cmp -s "$req" "$stamp"; then
+  echo "setup: installing Python test packages"
+  .venv-compat/bin/pip install -q --disable-pip-version-check -r "$req"
+  cp "$req" "$stamp"
+fi
+
+# Node SDK suite: exactly what package-lock.json pins.
+if [ ! -d tests/compat/node/node_modules/openai ] || [ tests/compat/node/package-lock.json -nt tests/compat/node/node_modules ]; then
+  echo "setup: installing Node test packages"
+  (cd tests/compat/node && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting and lints, Rust unit and integration tests
+# (the real server against a fake backend), then the official OpenAI Python and
+# Node SDKs driving the real binary over HTTP. Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo build"
+cargo build --locked --bins
+echo "== cargo test"
+cargo test --locked
+
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+export BATCHD_BIN="$target_dir/debug/batchd"
+export BATCHD_FAKE_BACKEND_BIN="$target_dir/debug/batchd-fake-backend"
+
+echo "== OpenAI Python SDK compatibility"
+.venv-compat/bin/python -m pytest tests/compat/python -q -p no:cacheprovider
+echo "== OpenAI Node SDK compatibility"
+(cd tests/compat/node && npm test)

@@ -1,0 +1,180 @@
+//! Test harness: the real server on an ephemeral port, backed by the fake
+//! OpenAI-compatible backend (a real HTTP server), driven over HTTP.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use batchd::app::Server;
+use batchd::config::{Config, ModelConfig};
+use batchd::testing::fake_backend::FakeBackend;
+use serde_json::{Value, json};
+
+pub struct Harness {
+    pub server: Option<Server>,
+    pub backend: FakeBackend,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+pub fn test_config(dir: &std::path::Path, backend_url: &str) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.join("data");
+    config.execution.retry_initial_backoff_ms = 10;
+    config.execution.retry_max_backoff_ms = 50;
+    config.execution.max_attempts = 3;
+    config.execution.request_timeout_secs = 10;
+    config.execution.poll_interval_ms = 200;
+    config.limits.max_batch_lines = 1000;
+    config.limits.max_line_bytes = 64 * 1024;
+    config.limits.max_upload_bytes = 4 * 1024 * 1024;
+    config.limits.max_batch_input_bytes = 1024 * 1024;
+    config.models = vec![
+        model("fake-model", backend_url, 8),
+        model("fake-model-2", backend_url, 8),
+    ];
+    config
+}
+
+pub fn model(name: &str, url: &str, max_concurrency: usize) -> ModelConfig {
+    ModelConfig {
+        name: name.into(),
+        url: url.into(),
+        api_key: None,
+        max_concurrency,
+    }
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test config, adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Harness {
+        let backend = FakeBackend::start("127.0.0.1:0".parse().unwrap(), Duration::ZERO)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path(), &backend.url());
+        tweak(&mut config);
+        let server = Server::start(config.clone()).await.unwrap();
+        let base = format!("{}/v1", server.url());
+        Harness {
+            server: Some(server),
+            backend,
+            base,
+            http: reqwest::Client::new(),
+            dir,
+            config,
+        }
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data directory.
+    pub async fn restart(&mut self) {
+        self.server.take().unwrap().shutdown().await.unwrap();
+        let server = Server::start(self.config.clone()).await.unwrap();
+        self.base = format!("{}/v1", server.url());
+        self.server = Some(server);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn upload(&self, content: impl Into<Vec<u8>>, filename: &str, purpose: &str) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(content.into()).file_name(filename.to_owned());
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", purpose.to_owned())
+            .part("file", part);
+        self.http.post(self.url("/files")).multipart(form).send().await.unwrap()
+    }
+
+    /// Uploads JSONL lines as a batch input file and returns its id.
+    pub async fn upload_lines(&self, lines: &[Value]) -> String {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        self.upload_text(&text).await
+    }
+
+    pub async fn upload_text(&self, text: &str) -> String {
+        let response = self.upload(text.as_bytes().to_vec(), "input.jsonl", "batch").await;
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(self.url(path)).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn create_batch(&self, file_id: &str, endpoint: &str) -> Value {
+        let (status, batch) = self
+            .post(
+                "/batches",
+                json!({"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{batch}");
+        batch
+    }
+
+    /// Polls until the batch reaches a terminal status.
+    pub async fn wait_terminal(&self, batch_id: &str) -> Value {
+        self.wait_for(batch_id, |b| {
+            matches!(
+                b["status"].as_str(),
+                Some("completed" | "failed" | "expired" | "cancelled")
+            )
+        })
+        .await
+    }
+
+    pub async fn wait_for(&self, batch_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, batch) = self.get(&format!("/batches/{batch_id}")).await;
+            assert_eq!(status, 200);
+            if done(&batch) {
+                return batch;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "batch did not reach the expected state: {batch}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Downloads a file's content as parsed JSONL lines.
+    pub async fn lines_of(&self, file_id: &Value) -> Vec<Value> {
+        let Some(id) = file_id.as_str() else { return vec![] };
+        let text = self
+            .http
+            .get(self.url(&format!("/files/{id}/content")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+/// A chat request line whose prompt is `content`.
+pub fn chat_line(custom_id: &str, model: &str, content: &str) -> Value {
+    json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+           "body": {"model": model, "messages": [{"role": "user", "content": content}]}})
+}
