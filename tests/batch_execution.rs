@@ -249,3 +249,22 @@ async fn a_restart_resumes_a_running_batch_without_duplicates() {
     // lets in-flight lines finish, so nothing is re-sent at all).
     assert_eq!(h.backend.stats.requests.load(Ordering::Relaxed), 30);
 }
+
+#[tokio::test]
+async fn deleting_the_input_file_of_a_running_batch_does_not_break_it() {
+    let h = Harness::start_with(|c| c.models[0].max_concurrency = 2).await;
+    let lines: Vec<Value> = (0..20)
+        .map(|i| chat_line(&format!("d{i}"), "fake-model", &format!("slow [delay_ms=20] {i}")))
+        .collect();
+    let file_id = h.upload_lines(&lines).await;
+    let batch = h.create_batch(&file_id, "/v1/chat/completions").await;
+    let id = batch["id"].as_str().unwrap();
+    h.wait_for(id, |b| b["request_counts"]["completed"].as_i64().unwrap_or(0) >= 2)
+        .await;
+    let deleted = h.http.delete(h.url(&format!("/files/{file_id}"))).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(h.get(&format!("/files/{file_id}")).await.0, 404);
+    let batch = h.wait_terminal(id).await;
+    assert_eq!(batch["status"], "completed");
+    assert_eq!(batch["request_counts"]["completed"], 20);
+}

@@ -95,7 +95,7 @@ pub async fn run(rt: &Runtime, batch: &BatchRecord, stop: &CancellationToken) ->
 pub(super) async fn input_reader(rt: &Runtime, batch: &BatchRecord) -> Result<LineReader> {
     let file = rt
         .store
-        .get_file(&batch.project_id, &batch.input_file_id)
+        .get_file_even_deleted(&batch.project_id, &batch.input_file_id)
         .await?
         .ok_or_else(|| {
             Error::internal(anyhow::anyhow!(

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -13,9 +13,14 @@ use tokio_util::task::TaskTracker;
 use super::Runtime;
 use super::worker::{Signals, drive};
 
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
 pub struct Supervisor {
     rt: Runtime,
     running: Mutex<HashMap<String, Signals>>,
+    /// Batches whose worker failed, and when to try them again.
+    backoff: Mutex<HashMap<String, (Instant, Duration)>>,
     wake: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -27,6 +32,7 @@ impl Supervisor {
         let supervisor = Arc::new(Self {
             rt,
             running: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -74,6 +80,10 @@ impl Supervisor {
 
     async fn scan(self: &Arc<Self>) -> crate::error::Result<()> {
         for batch in self.rt.store.active_batches().await? {
+            let retry_at = self.backoff.lock().expect("lock").get(&batch.id).map(|(at, _)| *at);
+            if retry_at.is_some_and(|at| at > Instant::now()) {
+                continue;
+            }
             let signals = Signals {
                 cancel: CancellationToken::new(),
                 shutdown: self.shutdown.child_token(),
@@ -87,8 +97,18 @@ impl Supervisor {
             }
             let this = self.clone();
             self.tasks.spawn(async move {
-                if let Err(e) = drive(&this.rt, &batch.id, &signals).await {
-                    tracing::error!(batch_id = %batch.id, error = %e, "batch worker failed; will retry");
+                match drive(&this.rt, &batch.id, &signals).await {
+                    Ok(()) => {
+                        this.backoff.lock().expect("lock").remove(&batch.id);
+                    }
+                    Err(e) => {
+                        // Retry later with a growing delay: a full disk or a lost
+                        // database connection may heal, and nothing is lost meanwhile.
+                        let mut backoff = this.backoff.lock().expect("lock");
+                        let delay = backoff.get(&batch.id).map_or(RETRY_MIN, |(_, d)| (*d * 2).min(RETRY_MAX));
+                        backoff.insert(batch.id.clone(), (Instant::now() + delay, delay));
+                        tracing::error!(batch_id = %batch.id, error = %e, retry_in_secs = delay.as_secs(), "batch worker failed");
+                    }
                 }
                 this.running.lock().expect("lock").remove(&batch.id);
             });

@@ -39,6 +39,11 @@ pub trait FileRepo: Send + Sync {
     async fn get_file(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>>;
     /// `Ok(None)` when `query.after` names no file of this project.
     async fn list_files(&self, project_id: &str, query: &FileListQuery) -> Result<Option<Page<FileRecord>>>;
+    /// A file of this project even if deleted: a running batch still reads its
+    /// input after the user deleted the file.
+    async fn get_file_even_deleted(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>>;
+    /// Whether a batch that has not finished reads this file as its input.
+    async fn file_in_use(&self, id: &str) -> Result<bool>;
     /// Marks the file deleted and returns it, or `None` if it was not live.
     async fn delete_file(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>>;
 }

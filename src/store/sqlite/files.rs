@@ -58,6 +58,28 @@ impl FileRepo for SqliteStore {
         Ok(row.as_ref().map(file_from_row))
     }
 
+    async fn get_file_even_deleted(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM files WHERE id = ? AND project_id = ?"
+        )))
+        .bind(id)
+        .bind(project_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(file_from_row))
+    }
+
+    async fn file_in_use(&self, id: &str) -> Result<bool> {
+        let in_use: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM batches WHERE input_file_id = ?
+             AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling') LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(in_use.is_some())
+    }
+
     async fn list_files(&self, project_id: &str, query: &FileListQuery) -> Result<Option<Page<FileRecord>>> {
         // The cursor is the file's position (seq), looked up including deleted
         // rows so that deleting the last file of a page does not break paging.
