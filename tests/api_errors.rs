@@ -119,3 +119,13 @@ async fn models_are_listed() {
         .collect();
     assert_eq!(ids, vec!["fake-model", "fake-model-2"]);
 }
+
+#[tokio::test]
+async fn framework_rejections_also_use_the_envelope() {
+    let h = Harness::start().await;
+    let huge = format!("{{\"input_file_id\":\"{}\"}}", "a".repeat(3 << 20));
+    let response = h.http.post(h.url("/batches")).body(huge).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_envelope(&response.json().await.unwrap());
+}

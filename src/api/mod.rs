@@ -3,6 +3,7 @@
 //! they never touch SQL or stored bytes directly.
 
 pub mod batches;
+pub mod envelope;
 pub mod error;
 pub mod files;
 pub mod models;
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         .with_state(state)
+        .layer(axum::middleware::from_fn(envelope::openai_errors))
         // Logs method, path, status and latency; never bodies or headers.
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -63,7 +63,7 @@ impl Backend {
         let url = format!("{}{}", self.base_url, path);
         let mut attempt = 1;
         loop {
-            let outcome = self.send_once(&url, body.clone()).await;
+            let (outcome, retry_after) = self.send_once(&url, body.clone()).await;
             match &outcome {
                 Outcome::Response { status, .. } if !is_retryable(*status) => return outcome,
                 Outcome::Response { status, .. } => {
@@ -76,12 +76,15 @@ impl Backend {
             if attempt >= self.max_attempts {
                 return outcome;
             }
-            tokio::time::sleep(self.backoff(attempt)).await;
+            // A server that says when to come back (429/503 with Retry-After)
+            // is believed, within the configured maximum backoff.
+            let delay = retry_after.map_or_else(|| self.backoff(attempt), |d| d.min(self.max_backoff));
+            tokio::time::sleep(delay).await;
             attempt += 1;
         }
     }
 
-    async fn send_once(&self, url: &str, body: Bytes) -> Outcome {
+    async fn send_once(&self, url: &str, body: Bytes) -> (Outcome, Option<Duration>) {
         let mut request = self
             .http
             .post(url)
@@ -92,7 +95,7 @@ impl Backend {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return Outcome::Unreachable { message: describe(e) },
+            Err(e) => return (Outcome::Unreachable { message: describe(e) }, None),
         };
         let status = response.status().as_u16();
         let request_id = response
@@ -100,13 +103,22 @@ impl Backend {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         match response.bytes().await {
-            Ok(body) => Outcome::Response {
-                status,
-                request_id,
-                body,
-            },
-            Err(e) => Outcome::Unreachable { message: describe(e) },
+            Ok(body) => (
+                Outcome::Response {
+                    status,
+                    request_id,
+                    body,
+                },
+                retry_after,
+            ),
+            Err(e) => (Outcome::Unreachable { message: describe(e) }, None),
         }
     }
 

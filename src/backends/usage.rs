@@ -32,11 +32,25 @@ struct Details {
     reasoning_tokens: Option<i64>,
 }
 
-/// Usage reported in a successful response body; zeros if absent or malformed.
-pub fn extract_usage(body: &[u8]) -> Usage {
-    let Ok(Body { usage: Some(u) }) = serde_json::from_slice::<Body>(body) else {
-        return Usage::default();
-    };
+/// Checks that `body` is exactly one JSON object and reads the usage it
+/// reports (zeros if none). `None` if the body is not a JSON object. One pass
+/// over the body does both, which matters at tens of thousands of lines a second.
+pub fn parse_object_usage(body: &[u8]) -> Option<Usage> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(parsed) => Some(parsed.usage.map(to_usage).unwrap_or_default()),
+        // Valid JSON whose `usage` has an unexpected shape still counts as a
+        // response; it just reports no tokens.
+        Err(_) => serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .ok()
+            .map(|_| Usage::default()),
+    }
+}
+
+fn to_usage(u: RawUsage) -> Usage {
     let input = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
     let output = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
     let input_details = u.prompt_tokens_details.or(u.input_tokens_details).unwrap_or_default();
@@ -60,19 +74,23 @@ mod tests {
     #[test]
     fn chat_and_responses_usage_map_to_batch_usage() {
         let chat = br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":1}}}"#;
-        let u = extract_usage(chat);
+        let u = parse_object_usage(chat).unwrap();
         assert_eq!(
             (u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens),
             (3, 4, 7, 1)
         );
         let resp = br#"{"usage":{"input_tokens":2,"output_tokens":5,"output_tokens_details":{"reasoning_tokens":3}}}"#;
-        let u = extract_usage(resp);
+        let u = parse_object_usage(resp).unwrap();
         assert_eq!(
             (u.input_tokens, u.output_tokens, u.total_tokens, u.reasoning_tokens),
             (2, 5, 7, 3)
         );
         let emb = br#"{"usage":{"prompt_tokens":9,"total_tokens":9}}"#;
-        assert_eq!(extract_usage(emb).output_tokens, 0);
-        assert_eq!(extract_usage(b"garbage"), Usage::default());
+        assert_eq!(parse_object_usage(emb).unwrap().output_tokens, 0);
+        assert_eq!(parse_object_usage(b"{}"), Some(Usage::default()));
+        assert_eq!(parse_object_usage(b"garbage"), None);
+        assert_eq!(parse_object_usage(b"[1]"), None);
+        assert_eq!(parse_object_usage(b"{} {}"), None);
+        assert_eq!(parse_object_usage(br#"{"usage":"odd"}"#), Some(Usage::default()));
     }
 }

@@ -2,33 +2,11 @@
 //! writes them: `{"id","custom_id","response":{status_code,request_id,body}|null,"error":{code,message}|null}`.
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::backends::Outcome;
-use crate::backends::usage::extract_usage;
+use crate::backends::usage::parse_object_usage;
 use crate::batch::record::Usage;
 use crate::ids;
-
-#[derive(Serialize)]
-struct OutputLine<'a> {
-    id: String,
-    custom_id: &'a str,
-    response: Option<ResponsePart<'a>>,
-    error: Option<ErrorPart<'a>>,
-}
-
-#[derive(Serialize)]
-struct ResponsePart<'a> {
-    status_code: u16,
-    request_id: &'a str,
-    body: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct ErrorPart<'a> {
-    code: &'a str,
-    message: &'a str,
-}
 
 /// A rendered result: which file it belongs to, the line, and its token usage.
 pub struct Rendered {
@@ -37,29 +15,65 @@ pub struct Rendered {
     pub usage: Usage,
 }
 
-fn render(custom_id: &str, response: Option<ResponsePart<'_>>, error: Option<ErrorPart<'_>>) -> String {
-    let line = OutputLine {
-        id: ids::batch_request_id(),
-        custom_id,
-        response,
-        error,
-    };
-    serde_json::to_string(&line).expect("output lines always serialize")
+#[derive(Serialize)]
+struct ErrorLine<'a> {
+    id: String,
+    custom_id: &'a str,
+    response: Option<()>,
+    error: ErrorPart<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorPart<'a> {
+    code: &'a str,
+    message: &'a str,
 }
 
 /// A line that never ran (cancelled or expired batch), or that failed without
 /// any HTTP response from the backend.
 pub fn error_line(custom_id: &str, code: &str, message: &str) -> Rendered {
+    let line = ErrorLine {
+        id: ids::batch_request_id(),
+        custom_id,
+        response: None,
+        error: ErrorPart { code, message },
+    };
     Rendered {
         is_error: true,
-        line: render(custom_id, None, Some(ErrorPart { code, message })),
+        line: serde_json::to_string(&line).expect("error lines always serialize"),
         usage: Usage::default(),
     }
 }
 
-/// Renders what the backend did with a line. A 2xx with a JSON body goes to the
-/// output file; any other status goes to the error file with the response filled
-/// in, as OpenAI does.
+/// A line with the backend's answer. `body` must be one valid JSON object; it
+/// is embedded as is (no re-serialization, key order kept), except that line
+/// breaks, which valid JSON can only hold as whitespace between tokens, become
+/// spaces so the result stays one JSONL line.
+fn response_line(custom_id: &str, status: u16, request_id: &str, body: &[u8]) -> String {
+    let body = String::from_utf8_lossy(body);
+    let body = body.trim();
+    let mut line = String::with_capacity(body.len() + custom_id.len() + 160);
+    line.push_str("{\"id\":\"");
+    line.push_str(&ids::batch_request_id());
+    line.push_str("\",\"custom_id\":");
+    line.push_str(&serde_json::to_string(custom_id).expect("strings serialize"));
+    line.push_str(",\"response\":{\"status_code\":");
+    line.push_str(&status.to_string());
+    line.push_str(",\"request_id\":");
+    line.push_str(&serde_json::to_string(request_id).expect("strings serialize"));
+    line.push_str(",\"body\":");
+    if body.contains(['\n', '\r']) {
+        line.push_str(&body.replace(['\n', '\r'], " "));
+    } else {
+        line.push_str(body);
+    }
+    line.push_str("},\"error\":null}");
+    line
+}
+
+/// Renders what the backend did with a line. A 2xx with a JSON object body goes
+/// to the output file; any other status goes to the error file with the
+/// response filled in, as OpenAI does.
 pub fn from_outcome(custom_id: &str, outcome: &Outcome) -> Rendered {
     let (status, request_id, body) = match outcome {
         Outcome::Unreachable { message } => return error_line(custom_id, "backend_unavailable", message),
@@ -69,49 +83,29 @@ pub fn from_outcome(custom_id: &str, outcome: &Outcome) -> Rendered {
             body,
         } => (*status, request_id, body),
     };
-    let generated_id;
+    let generated;
     let request_id = match request_id {
         Some(id) => id.as_str(),
         None => {
-            generated_id = ids::request_id();
-            generated_id.as_str()
+            generated = ids::request_id();
+            generated.as_str()
         }
     };
-    let parsed: Option<&RawValue> = std::str::from_utf8(body)
-        .ok()
-        .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
-        .filter(|raw| raw.get().starts_with('{'));
     let success = (200..300).contains(&status);
-    match (success, parsed) {
-        (true, Some(body_json)) => Rendered {
+    match (success, parse_object_usage(body)) {
+        (true, Some(usage)) => Rendered {
             is_error: false,
-            line: render(
-                custom_id,
-                Some(ResponsePart {
-                    status_code: status,
-                    request_id,
-                    body: body_json,
-                }),
-                None,
-            ),
-            usage: extract_usage(body.as_ref()),
+            line: response_line(custom_id, status, request_id, body),
+            usage,
         },
         (true, None) => error_line(
             custom_id,
             "invalid_backend_response",
             "The model server answered with a body that is not a JSON object.",
         ),
-        (false, Some(body_json)) => Rendered {
+        (false, Some(_)) => Rendered {
             is_error: true,
-            line: render(
-                custom_id,
-                Some(ResponsePart {
-                    status_code: status,
-                    request_id,
-                    body: body_json,
-                }),
-                None,
-            ),
+            line: response_line(custom_id, status, request_id, body),
             usage: Usage::default(),
         },
         (false, None) => {
@@ -122,18 +116,9 @@ pub fn from_outcome(custom_id: &str, outcome: &Outcome) -> Rendered {
             let wrapped = serde_json::json!({"error": {
                 "message": format!("The model server answered HTTP {status}: {snippet}"),
                 "type": "backend_error", "param": null, "code": null}});
-            let wrapped = RawValue::from_string(wrapped.to_string()).expect("valid json");
             Rendered {
                 is_error: true,
-                line: render(
-                    custom_id,
-                    Some(ResponsePart {
-                        status_code: status,
-                        request_id,
-                        body: &wrapped,
-                    }),
-                    None,
-                ),
+                line: response_line(custom_id, status, request_id, wrapped.to_string().as_bytes()),
                 usage: Usage::default(),
             }
         }
@@ -149,23 +134,48 @@ mod tests {
         serde_json::from_str(&r.line).unwrap()
     }
 
+    fn response(status: u16, body: &'static [u8]) -> Outcome {
+        Outcome::Response {
+            status,
+            request_id: Some("req_1".into()),
+            body: Bytes::from_static(body),
+        }
+    }
+
     #[test]
     fn success_goes_to_output_with_body_as_object() {
-        let outcome = Outcome::Response {
-            status: 200,
-            request_id: Some("req_1".into()),
-            body: Bytes::from_static(br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2}}"#),
-        };
-        let r = from_outcome("c1", &outcome);
+        let r = from_outcome(
+            "c\"1",
+            &response(200, br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2}}"#),
+        );
         let v = parse(&r);
         assert!(!r.is_error);
         assert!(v["id"].as_str().unwrap().starts_with("batch_req_"));
-        assert_eq!(v["custom_id"], "c1");
+        assert_eq!(v["custom_id"], "c\"1");
         assert_eq!(v["response"]["status_code"], 200);
         assert_eq!(v["response"]["request_id"], "req_1");
         assert_eq!(v["response"]["body"]["id"], "x");
         assert!(v["error"].is_null());
         assert_eq!(r.usage.total_tokens, 3);
+    }
+
+    #[test]
+    fn pretty_printed_bodies_stay_on_one_line() {
+        let r = from_outcome(
+            "c",
+            &response(200, b"{\r\n  \"text\": \"a\\nb\",\n  \"n\": [1,\n 2]\n}\n"),
+        );
+        assert!(!r.line.contains('\n') && !r.line.contains('\r'));
+        let v = parse(&r);
+        assert_eq!(v["response"]["body"]["text"], "a\nb");
+        assert_eq!(v["response"]["body"]["n"], serde_json::json!([1, 2]));
+    }
+
+    #[test]
+    fn non_object_success_bodies_are_errors() {
+        let r = from_outcome("c", &response(200, b"[1,2]"));
+        assert!(r.is_error);
+        assert_eq!(parse(&r)["error"]["code"], "invalid_backend_response");
     }
 
     #[test]

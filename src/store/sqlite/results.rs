@@ -1,11 +1,15 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
 
 use super::SqliteStore;
 use crate::batch::record::Usage;
 use crate::error::Result;
 use crate::store::{LineResult, ResultRepo};
+
+/// Rows per INSERT statement (4 bound parameters each, far below SQLite's limit).
+const ROWS_PER_STATEMENT: usize = 200;
 
 /// What one `record_results` call adds to one batch's counters.
 #[derive(Default)]
@@ -23,28 +27,34 @@ impl ResultRepo for SqliteStore {
         }
         let mut tx = self.pool.begin().await?;
         let mut deltas: HashMap<&str, Delta> = HashMap::new();
-        for r in results {
-            let inserted = sqlx::query(
-                "INSERT INTO batch_results (batch_id, line, is_error, output_line) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (batch_id, line) DO NOTHING",
-            )
-            .bind(&r.batch_id)
-            .bind(r.line as i64)
-            .bind(r.is_error)
-            .bind(&r.output_line)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            // Count only what was newly stored: a result already recorded
-            // (a duplicate after a resume) must not be counted twice.
-            if inserted == 1 {
-                let delta = deltas.entry(r.batch_id.as_str()).or_default();
-                if r.is_error {
-                    delta.failed += 1;
-                } else {
-                    delta.completed += 1;
+        // Multi-row inserts: one statement per chunk instead of one per line.
+        // RETURNING names only the rows actually inserted, so a line that
+        // already had a result (a duplicate after a resume) is not counted twice.
+        for chunk in results.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from("INSERT INTO batch_results (batch_id, line, is_error, output_line) VALUES ");
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "(?, ?, ?, ?)" } else { ", (?, ?, ?, ?)" });
+            }
+            sql.push_str(" ON CONFLICT (batch_id, line) DO NOTHING RETURNING batch_id, line");
+            let mut query = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql));
+            for r in chunk {
+                query = query
+                    .bind(&r.batch_id)
+                    .bind(r.line as i64)
+                    .bind(r.is_error)
+                    .bind(&r.output_line);
+            }
+            let inserted: HashSet<(String, i64)> = query.fetch_all(&mut *tx).await?.into_iter().collect();
+            for r in chunk {
+                if inserted.contains(&(r.batch_id.clone(), r.line as i64)) {
+                    let delta = deltas.entry(r.batch_id.as_str()).or_default();
+                    if r.is_error {
+                        delta.failed += 1;
+                    } else {
+                        delta.completed += 1;
+                    }
+                    delta.usage.add(&r.usage);
                 }
-                delta.usage.add(&r.usage);
             }
         }
         for (batch_id, d) in deltas {
@@ -96,5 +106,84 @@ impl ResultRepo for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(line, text)| (line as u64, text)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::record::{BatchRecord, RequestCounts};
+    use crate::batch::status::BatchStatus;
+    use crate::store::BatchRepo;
+
+    fn batch(id: &str) -> BatchRecord {
+        BatchRecord {
+            id: id.into(),
+            project_id: "p".into(),
+            endpoint: "/v1/chat/completions".into(),
+            model: None,
+            input_file_id: "file-x".into(),
+            completion_window: "24h".into(),
+            status: BatchStatus::Validating,
+            output_file_id: None,
+            error_file_id: None,
+            errors: None,
+            metadata: None,
+            output_expires_after: None,
+            created_at: 1,
+            in_progress_at: None,
+            expires_at: None,
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            request_counts: RequestCounts::default(),
+            usage: None,
+        }
+    }
+
+    fn result(batch_id: &str, line: u64, is_error: bool) -> LineResult {
+        LineResult {
+            batch_id: batch_id.into(),
+            line,
+            is_error,
+            output_line: format!("{{\"line\":{line}}}"),
+            usage: Usage {
+                input_tokens: 2,
+                output_tokens: 3,
+                total_tokens: 5,
+                ..Usage::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn results_are_counted_once_even_when_recorded_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        store.insert_batch(&batch("b1")).await.unwrap();
+        store.insert_batch(&batch("b2")).await.unwrap();
+        let first: Vec<LineResult> = (1..=450).map(|l| result("b1", l, l % 10 == 0)).collect();
+        store.record_results(&first).await.unwrap();
+        // A resumed worker re-records some lines and adds new ones, mixed with another batch.
+        let mut again: Vec<LineResult> = (400..=500).map(|l| result("b1", l, l % 10 == 0)).collect();
+        again.push(result("b2", 1, false));
+        store.record_results(&again).await.unwrap();
+
+        let b1 = store.get_batch_any_project("b1").await.unwrap().unwrap();
+        assert_eq!(b1.request_counts.completed + b1.request_counts.failed, 500);
+        assert_eq!(b1.request_counts.failed, 50);
+        assert_eq!(b1.usage.unwrap().total_tokens, 500 * 5);
+        assert_eq!(
+            store.finished_lines("b1").await.unwrap(),
+            (1..=500).collect::<Vec<u64>>()
+        );
+        let b2 = store.get_batch_any_project("b2").await.unwrap().unwrap();
+        assert_eq!(b2.request_counts.completed, 1);
+        let errors = store.result_page("b1", true, 0, 1000).await.unwrap();
+        assert_eq!(errors.len(), 50);
+        assert_eq!(errors[0], (10, "{\"line\":10}".to_string()));
     }
 }
