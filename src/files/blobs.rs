@@ -35,6 +35,12 @@ impl BlobError {
     }
 }
 
+/// Part size of streamed writes: S3's minimum multipart part size, so the
+/// same setting works for every object store.
+const WRITE_CHUNK: usize = 5 * 1024 * 1024;
+/// Parts in flight per writer.
+const WRITE_CONCURRENCY: usize = 2;
+
 #[derive(Clone, Debug)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
@@ -82,8 +88,11 @@ impl Blobs {
     }
 
     /// A buffered writer for `key`; the object appears when it is shut down.
+    /// Memory per writer stays near `WRITE_CHUNK * (WRITE_CONCURRENCY + 1)`
+    /// whatever the object's size.
     pub fn writer(&self, key: &str) -> BufWriter {
-        BufWriter::new(self.store.clone(), Path::from(key))
+        BufWriter::with_capacity(self.store.clone(), Path::from(key), WRITE_CHUNK)
+            .with_max_concurrency(WRITE_CONCURRENCY)
     }
 
     /// The object's bytes as a stream of chunks.

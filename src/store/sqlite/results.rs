@@ -36,7 +36,9 @@ impl ResultRepo for SqliteStore {
                 sql.push_str(if i == 0 { "(?, ?, ?, ?)" } else { ", (?, ?, ?, ?)" });
             }
             sql.push_str(" ON CONFLICT (batch_id, line) DO NOTHING RETURNING batch_id, line");
-            let mut query = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql));
+            // Not cached as a prepared statement: chunk sizes vary, and caching every
+            // variant would hold memory per connection for nothing.
+            let mut query = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql)).persistent(false);
             for r in chunk {
                 query = query
                     .bind(&r.batch_id)
