@@ -5,8 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+build_only=false
+[ "${1:-}" = "--build-only" ] && build_only=true
+
+# cmake and clang build llama.cpp (the embedded engine); libclang drives bindgen.
 need_apt=()
-for pkg in pkg-config curl; do
+for pkg in pkg-config curl cmake clang libclang-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
@@ -17,6 +21,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if $build_only; then
+  exit 0
 fi
 
 # Python SDK suite: a virtualenv inside the checkout, pinned requirements.
@@ -36,3 +44,6 @@ if [ ! -d tests/compat/node/node_modules/openai ] || [ tests/compat/node/package
   echo "setup: installing Node test packages"
   (cd tests/compat/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# The default model, for the end-to-end test through the real engine.
+scripts/setup-model.sh .models/gemma-3-270m-q4_k_m.gguf

@@ -18,6 +18,7 @@ cargo test --locked
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 export BATCHD_BIN="$target_dir/debug/batchd"
 export BATCHD_FAKE_BACKEND_BIN="$target_dir/debug/batchd-fake-backend"
+export BATCHD_DEFAULT_MODEL="$PWD/.models/gemma-3-270m-q4_k_m.gguf"
 
 echo "== OpenAI Python SDK compatibility"
 .venv-compat/bin/python -m pytest tests/compat/python -q -p no:cacheprovider

@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::backends::ModelRegistry;
+use crate::backends::engine_process::EngineProcess;
 use crate::batch::result_writer::ResultWriter;
 use crate::batch::supervisor::Supervisor;
 use crate::batch::{BatchService, Runtime};
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_MODEL_FILE, DEFAULT_MODEL_NAME, ModelConfig};
 use crate::files::{Blobs, FileService};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -28,9 +29,21 @@ pub struct Server {
 
 impl Server {
     /// Opens the data directory and starts serving on `config.server.listen`.
-    pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let data_dir = &config.server.data_dir;
-        std::fs::create_dir_all(data_dir)?;
+    pub async fn start(mut config: Config) -> anyhow::Result<Server> {
+        let data_dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)?;
+        if config.models.is_empty() {
+            let default_model = data_dir.join(DEFAULT_MODEL_FILE);
+            if default_model.is_file() {
+                tracing::info!(model = DEFAULT_MODEL_NAME, path = %default_model.display(), "no [[models]] configured; serving the default model");
+                config
+                    .models
+                    .push(ModelConfig::engine(DEFAULT_MODEL_NAME, default_model));
+            } else {
+                tracing::warn!(path = %default_model.display(), "no [[models]] configured and no default model installed (scripts/setup-model.sh installs it)");
+            }
+        }
+        let engines = start_engines(&mut config).await?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?);
         let blobs = Blobs::local(&data_dir.join("blobs"))?;
         let models = ModelRegistry::new(&config.models, &config.execution)?;
@@ -63,6 +76,9 @@ impl Server {
             writer.flush().await;
             drop(writer);
             writer_task.abort();
+            for engine in engines {
+                engine.stop().await;
+            }
             Ok(())
         });
         tracing::info!(%addr, "batchd listening");
@@ -85,7 +101,35 @@ impl Server {
     }
 
     /// A handle that triggers a graceful stop from elsewhere (signal handlers).
+    /// (Engines started for `engine = ...` models are stopped last.)
     pub fn stopper(&self) -> CancellationToken {
         self.stop.clone()
     }
+}
+
+/// Starts an engine process for every model served by the embedded engine and
+/// points the model at it.
+async fn start_engines(config: &mut Config) -> anyhow::Result<Vec<EngineProcess>> {
+    let log_dir = config.server.data_dir.join("logs");
+    let exe = match &config.server.engine_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe()?,
+    };
+    let mut engines = Vec::new();
+    for model in &mut config.models {
+        let Some(gguf) = model.engine.clone() else { continue };
+        match EngineProcess::start(model, &gguf, &exe, &log_dir).await {
+            Ok(engine) => {
+                model.url = Some(engine.url.clone());
+                engines.push(engine);
+            }
+            Err(e) => {
+                for engine in engines {
+                    engine.stop().await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(engines)
 }

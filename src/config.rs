@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Holds the SQLite database (`batchd.db`) and stored file bytes (`files/`).
     pub data_dir: PathBuf,
+    /// The executable that runs `engine` models (`<exe> engine --model ...`).
+    /// Default: this batchd binary.
+    pub engine_exe: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -31,6 +34,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
+            engine_exe: None,
         }
     }
 }
@@ -94,7 +98,21 @@ pub struct ModelConfig {
     /// The value request bodies put in `"model"`.
     pub name: String,
     /// Base URL of an already-running OpenAI-compatible server, ending in `/v1`.
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A GGUF file served by the embedded engine, which batchd starts,
+    /// health-checks and stops itself. Exactly one of `url` and `engine`.
+    #[serde(default)]
+    pub engine: Option<PathBuf>,
+    /// Engine only: sequences generated at once (continuous batching slots).
+    #[serde(default = "default_engine_parallel")]
+    pub engine_parallel: u32,
+    /// Engine only: context per sequence (prompt + completion of one request).
+    #[serde(default = "default_engine_ctx")]
+    pub engine_ctx_per_seq: u32,
+    /// Engine only: CPU threads (default: all cores).
+    #[serde(default)]
+    pub engine_threads: Option<u32>,
     /// Bearer token sent to the backend, if it needs one.
     #[serde(default)]
     pub api_key: Option<String>,
@@ -105,6 +123,44 @@ pub struct ModelConfig {
 
 fn default_max_concurrency() -> usize {
     64
+}
+
+fn default_engine_parallel() -> u32 {
+    8
+}
+
+fn default_engine_ctx() -> u32 {
+    2048
+}
+
+/// The model `batchd serve` runs when no `[[models]]` is configured: Gemma 3
+/// 270M (Q4_K_M), installed into the data directory by `scripts/setup-model.sh`.
+pub const DEFAULT_MODEL_NAME: &str = "gemma-3-270m";
+pub const DEFAULT_MODEL_FILE: &str = "models/gemma-3-270m-q4_k_m.gguf";
+
+impl ModelConfig {
+    /// A model served by the embedded engine from `gguf`.
+    pub fn engine(name: &str, gguf: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            url: None,
+            engine: Some(gguf),
+            engine_parallel: default_engine_parallel(),
+            engine_ctx_per_seq: default_engine_ctx(),
+            engine_threads: None,
+            api_key: None,
+            max_concurrency: default_max_concurrency(),
+        }
+    }
+
+    /// A model served by an already-running server at `url`.
+    pub fn remote(name: &str, url: &str) -> Self {
+        Self {
+            url: Some(url.to_owned()),
+            engine: None,
+            ..Self::engine(name, PathBuf::new())
+        }
+    }
 }
 
 impl Config {
@@ -129,11 +185,15 @@ impl Config {
                 "model {:?} is configured twice",
                 model.name
             );
-            anyhow::ensure!(
-                model.url.starts_with("http://") || model.url.starts_with("https://"),
-                "model {:?}: url must start with http:// or https://",
-                model.name
-            );
+            match (&model.url, &model.engine) {
+                (Some(url), None) => anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "model {:?}: url must start with http:// or https://",
+                    model.name
+                ),
+                (None, Some(_)) => {}
+                _ => anyhow::bail!("model {:?}: give exactly one of `url` and `engine`", model.name),
+            }
             anyhow::ensure!(
                 model.max_concurrency > 0,
                 "model {:?}: max_concurrency must be at least 1",

@@ -3,13 +3,14 @@
 //! See `ARCHITECTURE.md` for the map. In one line each:
 //! `api` is the HTTP edge, `files` and `batch` hold the domain and its
 //! services, `store` persists metadata, `backends` talks to model servers,
-//! and `app` wires them together.
+//! `engine` is the embedded CPU inference server, and `app` wires them together.
 
 pub mod api;
 pub mod app;
 pub mod backends;
 pub mod batch;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod files;
 pub mod ids;

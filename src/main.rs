@@ -30,6 +30,9 @@ enum Command {
         #[arg(long, short, env = "BATCHD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run the embedded CPU inference engine on a GGUF model (an
+    /// OpenAI-compatible server; `batchd serve` starts it by itself).
+    Engine(batchd::engine::EngineArgs),
 }
 
 #[tokio::main]
@@ -50,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve { config } => serve(config).await,
+        Command::Engine(args) => batchd::engine::run(args).await,
     }
 }
 

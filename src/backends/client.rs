@@ -37,7 +37,12 @@ impl Backend {
     pub fn new(model: &ModelConfig, http: reqwest::Client, execution: &ExecutionConfig) -> Self {
         Self {
             name: model.name.clone(),
-            base_url: model.url.trim_end_matches('/').to_owned(),
+            base_url: model
+                .url
+                .as_deref()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
             api_key: model.api_key.clone(),
             http,
             permits: Arc::new(Semaphore::new(model.max_concurrency)),

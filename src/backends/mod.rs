@@ -4,6 +4,7 @@
 //! per model.
 
 pub mod client;
+pub mod engine_process;
 pub mod usage;
 
 use std::collections::HashMap;

@@ -40,10 +40,8 @@ pub fn test_config(dir: &std::path::Path, backend_url: &str) -> Config {
 
 pub fn model(name: &str, url: &str, max_concurrency: usize) -> ModelConfig {
     ModelConfig {
-        name: name.into(),
-        url: url.into(),
-        api_key: None,
         max_concurrency,
+        ..ModelConfig::remote(name, url)
     }
 }
 
