@@ -58,32 +58,32 @@ fn direct_loop(backend: &LlamaBackend, model: &LlamaModel, seqs: u32, tokens: u3
     let vocab = model.vocab();
     let prompt = vocab.tokenize(PROMPT.as_bytes(), true, true);
     let ctx_per_seq = prompt.len() as u32 + tokens + 8;
+    // Every prompt is prefilled in one decode, so each sequence's last prompt
+    // token has its logits in that one output.
+    let batch_size = (prompt.len() as u32 * seqs).max(512);
     let params = LlamaContextParams::default()
         .with_n_ctx(std::num::NonZeroU32::new(ctx_per_seq * seqs))
-        .with_n_batch(512)
-        .with_n_ubatch(512)
+        .with_n_batch(batch_size)
+        .with_n_ubatch(batch_size)
         .with_n_seq_max(seqs)
         .with_kv_unified(true)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     let mut ctx = model.new_context(backend, params).unwrap();
-    let mut batch = LlamaBatch::new(512, seqs as i32);
+    let mut batch = LlamaBatch::new(batch_size as usize, seqs as i32);
     let started = Instant::now();
     let mut logits_at = vec![0i32; seqs as usize];
-    // Prefill, in chunks of the batch size.
-    let mut pending: Vec<(u32, usize)> = (0..seqs).flat_map(|s| (0..prompt.len()).map(move |i| (s, i))).collect();
-    while !pending.is_empty() {
-        batch.clear();
-        let take = pending.len().min(512);
-        for (s, i) in pending.drain(..take) {
+    batch.clear();
+    for s in 0..seqs {
+        for (i, token) in prompt.iter().enumerate() {
             let last = i + 1 == prompt.len();
             if last {
                 logits_at[s as usize] = batch.n_tokens();
             }
-            batch.add(prompt[i], i as i32, &[s as i32], last).unwrap();
+            batch.add(*token, i as i32, &[s as i32], last).unwrap();
         }
-        ctx.decode(&mut batch).unwrap();
     }
+    ctx.decode(&mut batch).unwrap();
     let mut samplers: Vec<LlamaSampler> = (0..seqs).map(|_| LlamaSampler::greedy()).collect();
     let mut generated = 0u64;
     for step in 0..tokens {

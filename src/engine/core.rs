@@ -302,6 +302,17 @@ fn accept<'m>(
     }
 }
 
+/// The model's own pooling when its GGUF declares one (embedding models such
+/// as BGE or Nomic), mean pooling for generative models, which declare none.
+fn pooling_for(model: &LlamaModel) -> llama_cpp_2::context::params::LlamaPoolingType {
+    use llama_cpp_2::context::params::LlamaPoolingType;
+    let arch = model.meta_val_str("general.architecture").unwrap_or_default();
+    match model.meta_val_str(&format!("{arch}.pooling_type")) {
+        Ok(_) => LlamaPoolingType::Unspecified,
+        Err(_) => LlamaPoolingType::Mean,
+    }
+}
+
 fn embed<'m>(
     model: &'m LlamaModel,
     backend: &LlamaBackend,
@@ -316,7 +327,7 @@ fn embed<'m>(
             .with_n_ubatch(shape.ctx_per_seq)
             .with_n_seq_max(1)
             .with_embeddings(true)
-            .with_pooling_type(llama_cpp_2::context::params::LlamaPoolingType::Mean)
+            .with_pooling_type(pooling_for(model))
             .with_n_threads(shape.threads)
             .with_n_threads_batch(shape.threads);
         *embed_ctx = Some(model.new_context(backend, params).map_err(|e| e.to_string())?);
