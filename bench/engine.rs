@@ -5,8 +5,7 @@
 //!
 //! Run: `bench/run.sh engine [--model FILE.gguf] [--tokens N] [--threads T]`
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -16,6 +15,10 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use serde_json::{Value, json};
+
+#[path = "common.rs"]
+mod common;
+use common::spawn_listening;
 
 const PROMPT: &str = "Write a short story about a lighthouse keeper who finds a message in a bottle.";
 
@@ -115,7 +118,8 @@ async fn main() {
         args.model
     );
     let max_parallel = *args.levels.iter().max().unwrap();
-    let mut child = Command::new(format!("{}/batchd", args.bin_dir))
+    let mut engine = Command::new(format!("{}/batchd", args.bin_dir));
+    engine
         .args([
             "engine",
             "--name",
@@ -125,23 +129,9 @@ async fn main() {
             "--model",
             &args.model,
         ])
-        .args([
-            "--parallel",
-            &max_parallel.to_string(),
-            "--ctx-per-seq",
-            "512",
-            "--threads",
-            &args.threads.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+        .args(["--parallel", &max_parallel.to_string(), "--ctx-per-seq", "512"])
+        .args(["--threads", &args.threads.to_string()]);
+    let (mut child, url) = spawn_listening(engine);
     let http = reqwest::Client::new();
 
     println!(

@@ -9,12 +9,15 @@
 //!
 //! Run: `bench/run.sh overhead [--lines N] [--concurrency C]`
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+#[path = "common.rs"]
+mod common;
+use common::spawn_listening;
 
 struct Args {
     lines: usize,
@@ -39,16 +42,6 @@ fn parse_args() -> Args {
         }
     }
     args
-}
-
-/// Starts a process and waits for its "listening on http://..." line.
-fn spawn_listening(mut cmd: Command) -> (Child, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line.trim().rsplit(' ').next().expect("listening line").to_owned();
-    (child, url)
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {

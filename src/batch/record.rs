@@ -31,6 +31,46 @@ pub struct BatchRecord {
     pub usage: Option<Usage>,
 }
 
+impl BatchRecord {
+    /// A batch as created: `validating`, nothing run, every timestamp but
+    /// `created_at` and `expires_at` unset.
+    pub fn new_validating(
+        id: String,
+        project_id: String,
+        endpoint: String,
+        input_file_id: String,
+        completion_window: String,
+        created_at: i64,
+        expires_at: Option<i64>,
+    ) -> Self {
+        Self {
+            id,
+            project_id,
+            endpoint,
+            model: None,
+            input_file_id,
+            completion_window,
+            status: BatchStatus::Validating,
+            output_file_id: None,
+            error_file_id: None,
+            errors: None,
+            metadata: None,
+            output_expires_after: None,
+            created_at,
+            in_progress_at: None,
+            expires_at,
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            request_counts: RequestCounts::default(),
+            usage: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RequestCounts {
     pub total: i64,

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use super::endpoint::Endpoint;
-use super::record::{BatchRecord, RequestCounts};
-use super::status::BatchStatus;
+use super::record::BatchRecord;
 use super::supervisor::Supervisor;
 use crate::error::{Error, Result};
 use crate::files::Purpose;
@@ -51,31 +50,17 @@ impl BatchService {
             ));
         }
         let created_at = ids::now();
-        let batch = BatchRecord {
-            id: ids::batch_id(),
-            project_id: new.project_id,
-            endpoint: new.endpoint.path().to_owned(),
-            model: None,
-            input_file_id: new.input_file_id,
-            completion_window: COMPLETION_WINDOW_24H.to_owned(),
-            status: BatchStatus::Validating,
-            output_file_id: None,
-            error_file_id: None,
-            errors: None,
-            metadata: new.metadata,
-            output_expires_after: new.output_expires_after,
+        let mut batch = BatchRecord::new_validating(
+            ids::batch_id(),
+            new.project_id,
+            new.endpoint.path().to_owned(),
+            new.input_file_id,
+            COMPLETION_WINDOW_24H.to_owned(),
             created_at,
-            in_progress_at: None,
-            expires_at: Some(created_at + WINDOW_SECS),
-            finalizing_at: None,
-            completed_at: None,
-            failed_at: None,
-            expired_at: None,
-            cancelling_at: None,
-            cancelled_at: None,
-            request_counts: RequestCounts::default(),
-            usage: None,
-        };
+            Some(created_at + WINDOW_SECS),
+        );
+        batch.metadata = new.metadata;
+        batch.output_expires_after = new.output_expires_after;
         self.store.insert_batch(&batch).await?;
         tracing::info!(batch_id = %batch.id, endpoint = %batch.endpoint, "batch created");
         self.supervisor.wake();

@@ -109,10 +109,21 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     println!("batchd engine listening on http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
     let serve = axum::serve(listener, server::router(state));
+    // If the engine thread ever stops, the process must stop too: a server
+    // that answers /health but can no longer generate would hide the failure
+    // from batchd, which watches the process.
+    let engine_ended = tokio::task::spawn_blocking(move || engine.join());
     tokio::select! {
         r = serve => r?,
         _ = tokio::signal::ctrl_c() => {},
+        ended = engine_ended => {
+            let why = match ended {
+                Ok(Ok(Ok(()))) => "the engine thread stopped".to_owned(),
+                Ok(Ok(Err(e))) => format!("the engine failed: {e}"),
+                _ => "the engine thread panicked".to_owned(),
+            };
+            anyhow::bail!(why);
+        }
     }
-    drop(engine);
     Ok(())
 }

@@ -114,36 +114,19 @@ impl ResultRepo for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::record::{BatchRecord, RequestCounts};
-    use crate::batch::status::BatchStatus;
+    use crate::batch::record::BatchRecord;
     use crate::store::BatchRepo;
 
     fn batch(id: &str) -> BatchRecord {
-        BatchRecord {
-            id: id.into(),
-            project_id: "p".into(),
-            endpoint: "/v1/chat/completions".into(),
-            model: None,
-            input_file_id: "file-x".into(),
-            completion_window: "24h".into(),
-            status: BatchStatus::Validating,
-            output_file_id: None,
-            error_file_id: None,
-            errors: None,
-            metadata: None,
-            output_expires_after: None,
-            created_at: 1,
-            in_progress_at: None,
-            expires_at: None,
-            finalizing_at: None,
-            completed_at: None,
-            failed_at: None,
-            expired_at: None,
-            cancelling_at: None,
-            cancelled_at: None,
-            request_counts: RequestCounts::default(),
-            usage: None,
-        }
+        BatchRecord::new_validating(
+            id.into(),
+            "p".into(),
+            "/v1/chat/completions".into(),
+            "file-x".into(),
+            "24h".into(),
+            1,
+            None,
+        )
     }
 
     fn result(batch_id: &str, line: u64, is_error: bool) -> LineResult {
