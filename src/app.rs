@@ -61,6 +61,7 @@ impl Server {
             batches: BatchService::new(store, supervisor.clone()),
             models,
             max_upload_bytes: config.limits.max_upload_bytes,
+            completion_windows: config.execution.allowed_completion_windows.clone(),
         };
         let listener = TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;

@@ -77,6 +77,10 @@ pub struct ExecutionConfig {
     pub request_timeout_secs: u64,
     /// How often the scheduler looks for work it was not told about (safety net).
     pub poll_interval_ms: u64,
+    /// `completion_window` values batches may ask for. OpenAI accepts only
+    /// "24h"; others ("1h", "7d", "90s": a number and s, m, h or d) are a
+    /// documented extension.
+    pub allowed_completion_windows: Vec<String>,
 }
 
 impl Default for ExecutionConfig {
@@ -87,6 +91,7 @@ impl Default for ExecutionConfig {
             retry_max_backoff_ms: 30_000,
             request_timeout_secs: 600,
             poll_interval_ms: 1000,
+            allowed_completion_windows: vec!["24h".into()],
         }
     }
 }
@@ -208,9 +213,33 @@ impl Config {
     }
 }
 
+/// Seconds in a completion window such as "24h", "90m", "7d" or "30s".
+pub fn window_seconds(window: &str) -> Option<i64> {
+    let unit = match window.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let n: i64 = window[..window.len() - 1].parse().ok().filter(|n| *n > 0)?;
+    n.checked_mul(unit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_windows_parse() {
+        assert_eq!(window_seconds("24h"), Some(86_400));
+        assert_eq!(window_seconds("7d"), Some(7 * 86_400));
+        assert_eq!(window_seconds("90s"), Some(90));
+        for bad in ["", "h", "0h", "-1h", "1w", "1.5h", "99999999999999999d"] {
+            assert_eq!(window_seconds(bad), None, "{bad}");
+        }
+        assert!(Config::parse("[execution]\nallowed_completion_windows = [\"1w\"]").is_err());
+    }
 
     #[test]
     fn empty_config_uses_defaults() {

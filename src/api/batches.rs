@@ -13,7 +13,8 @@ use super::query::{Params, truncate};
 use super::wire::{BatchObject, ListEnvelope};
 use crate::batch::endpoint::Endpoint;
 use crate::batch::record::BatchRecord;
-use crate::batch::service::{COMPLETION_WINDOW_24H, NewBatch};
+use crate::batch::service::NewBatch;
+use crate::config::window_seconds;
 use crate::files::record::{MAX_EXPIRES_AFTER_SECS, MIN_EXPIRES_AFTER_SECS};
 
 const MAX_METADATA_PAIRS: usize = 16;
@@ -25,7 +26,7 @@ fn batch_json(batch: &BatchRecord) -> Response {
 }
 
 pub async fn create(State(app): State<AppState>, Project(project_id): Project, body: Bytes) -> ApiResult<Response> {
-    let new = parse_create(project_id, &body)?;
+    let new = parse_create(project_id, &body, &app.completion_windows)?;
     Ok(batch_json(&app.batches.create(new).await?))
 }
 
@@ -88,7 +89,7 @@ fn required_string<'a>(body: &'a Map<String, Value>, name: &str) -> ApiResult<&'
 }
 
 /// Checks a create request the way OpenAI does, naming the offending parameter.
-fn parse_create(project_id: String, raw: &[u8]) -> ApiResult<NewBatch> {
+fn parse_create(project_id: String, raw: &[u8], allowed_windows: &[String]) -> ApiResult<NewBatch> {
     let body: Value = serde_json::from_slice(raw).map_err(|e| {
         ApiError::bad_request(
             format!("We could not parse the JSON body of your request: {e}."),
@@ -117,16 +118,19 @@ fn parse_create(project_id: String, raw: &[u8]) -> ApiResult<NewBatch> {
         )
     })?;
     let window = required_string(&body, "completion_window")?;
-    if window != COMPLETION_WINDOW_24H {
+    if !allowed_windows.iter().any(|w| w == window) {
+        let supported: Vec<String> = allowed_windows.iter().map(|w| format!("'{w}'")).collect();
         return Err(ApiError::bad_request(
             format!(
-                "Invalid value for 'completion_window': '{}'. Supported values are: '24h'.",
-                truncate(window)
+                "Invalid value for 'completion_window': '{}'. Supported values are: {}.",
+                truncate(window),
+                supported.join(", ")
             ),
             Some("completion_window"),
             Some("invalid_value"),
         ));
     }
+    let window_secs = window_seconds(window).expect("allowed windows are checked at start-up");
     let metadata = match body.get("metadata") {
         None | Some(Value::Null) => None,
         Some(Value::Object(map)) => Some(check_metadata(map)?),
@@ -141,6 +145,8 @@ fn parse_create(project_id: String, raw: &[u8]) -> ApiResult<NewBatch> {
         project_id,
         input_file_id,
         endpoint,
+        completion_window: window.to_owned(),
+        window_secs,
         metadata,
         output_expires_after,
     })

@@ -30,6 +30,8 @@ pub struct AppState {
     pub batches: BatchService,
     pub models: ModelRegistry,
     pub max_upload_bytes: u64,
+    /// `execution.allowed_completion_windows`.
+    pub completion_windows: Vec<String>,
 }
 
 /// Issues `req_<hex>` ids, the format OpenAI's `x-request-id` has.

@@ -25,6 +25,16 @@ pub enum RunEnd {
     AllDone,
     /// `stop` fired: dispatch stopped, in-flight lines finished and were stored.
     Stopped,
+    /// The completion window ran out: dispatch stopped, in-flight lines
+    /// finished and were stored; the rest never ran.
+    Expired,
+}
+
+/// The moment `expires_at` (Unix seconds) arrives, on tokio's clock.
+pub(super) fn deadline_of(expires_at: Option<i64>) -> tokio::time::Instant {
+    let now = crate::ids::now();
+    let left = expires_at.map_or(i64::from(u32::MAX), |at| (at - now).max(0));
+    tokio::time::Instant::now() + std::time::Duration::from_secs(left as u64)
 }
 
 pub async fn run(rt: &Runtime, batch: &BatchRecord, stop: &CancellationToken) -> Result<RunEnd> {
@@ -38,11 +48,14 @@ pub async fn run(rt: &Runtime, batch: &BatchRecord, stop: &CancellationToken) ->
     let mut reader = input_reader(rt, batch).await?;
     let mut in_flight = JoinSet::new();
     let batch_id: Arc<str> = Arc::from(batch.id.as_str());
+    let deadline = tokio::time::sleep_until(deadline_of(batch.expires_at));
+    tokio::pin!(deadline);
 
     let end = loop {
         let line = tokio::select! {
             biased;
             _ = stop.cancelled() => break RunEnd::Stopped,
+            _ = &mut deadline => break RunEnd::Expired,
             line = reader.next_line() => line,
         };
         let Some(line) = line else { break RunEnd::AllDone };
@@ -72,6 +85,7 @@ pub async fn run(rt: &Runtime, batch: &BatchRecord, stop: &CancellationToken) ->
         let permit = tokio::select! {
             biased;
             _ = stop.cancelled() => break RunEnd::Stopped,
+            _ = &mut deadline => break RunEnd::Expired,
             permit = backend.acquire() => permit,
         };
         while in_flight.try_join_next().is_some() {}

@@ -10,15 +10,14 @@ use crate::files::Purpose;
 use crate::ids;
 use crate::store::{CancelOutcome, Page, Store};
 
-/// The only completion window OpenAI offers.
-pub const COMPLETION_WINDOW_24H: &str = "24h";
-const WINDOW_SECS: i64 = 24 * 3600;
-
 /// A checked `POST /v1/batches` request.
 pub struct NewBatch {
     pub project_id: String,
     pub input_file_id: String,
     pub endpoint: Endpoint,
+    /// As the client wrote it ("24h"), and in seconds.
+    pub completion_window: String,
+    pub window_secs: i64,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub output_expires_after: Option<i64>,
 }
@@ -55,9 +54,9 @@ impl BatchService {
             new.project_id,
             new.endpoint.path().to_owned(),
             new.input_file_id,
-            COMPLETION_WINDOW_24H.to_owned(),
+            new.completion_window,
             created_at,
-            Some(created_at + WINDOW_SECS),
+            Some(created_at + new.window_secs),
         );
         batch.metadata = new.metadata;
         batch.output_expires_after = new.output_expires_after;

@@ -48,16 +48,23 @@ pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals) -> Result<()
         };
         match batch.status {
             BatchStatus::Validating => run_validation(rt, &batch, &stop).await?,
-            BatchStatus::InProgress => {
-                if run(rt, &batch, &stop).await? == RunEnd::AllDone {
+            BatchStatus::InProgress if batch.expires_at.is_some_and(|at| at <= ids::now()) => {
+                // Found past its window (for example after a restart).
+                finalize(rt, &batch, BatchStatus::InProgress, BatchStatus::Expired).await?;
+            }
+            BatchStatus::InProgress => match run(rt, &batch, &stop).await? {
+                RunEnd::AllDone => {
                     rt.store
                         .transition(&batch.id, BatchStatus::Finalizing, ids::now())
                         .await?;
-                } else if signals.shutdown.is_cancelled() {
-                    return Ok(());
                 }
+                RunEnd::Expired => {
+                    finalize(rt, &batch, BatchStatus::InProgress, BatchStatus::Expired).await?;
+                }
+                RunEnd::Stopped if signals.shutdown.is_cancelled() => return Ok(()),
                 // Stopped by cancel: the next turn sees `cancelling`.
-            }
+                RunEnd::Stopped => {}
+            },
             BatchStatus::Finalizing => {
                 finalize(rt, &batch, BatchStatus::Finalizing, BatchStatus::Completed).await?;
             }
