@@ -209,6 +209,12 @@ impl Config {
             self.execution.max_attempts > 0,
             "execution.max_attempts must be at least 1"
         );
+        for window in &self.execution.allowed_completion_windows {
+            anyhow::ensure!(
+                window_seconds(window).is_some(),
+                "execution.allowed_completion_windows: {window:?} is not a number followed by s, m, h or d"
+            );
+        }
         Ok(())
     }
 }
