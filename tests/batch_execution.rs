@@ -252,7 +252,7 @@ async fn a_restart_resumes_a_running_batch_without_duplicates() {
 
 #[tokio::test]
 async fn deleting_the_input_file_of_a_running_batch_does_not_break_it() {
-    let h = Harness::start_with(|c| c.models[0].max_concurrency = 2).await;
+    let mut h = Harness::start_with(|c| c.models[0].max_concurrency = 2).await;
     let lines: Vec<Value> = (0..20)
         .map(|i| chat_line(&format!("d{i}"), "fake-model", &format!("slow [delay_ms=20] {i}")))
         .collect();
@@ -264,6 +264,9 @@ async fn deleting_the_input_file_of_a_running_batch_does_not_break_it() {
     let deleted = h.http.delete(h.url(&format!("/files/{file_id}"))).send().await.unwrap();
     assert_eq!(deleted.status(), 200);
     assert_eq!(h.get(&format!("/files/{file_id}")).await.0, 404);
+    // After a restart the batch reads its input again from the start: the
+    // bytes must have been kept.
+    h.restart().await;
     let batch = h.wait_terminal(id).await;
     assert_eq!(batch["status"], "completed");
     assert_eq!(batch["request_counts"]["completed"], 20);

@@ -119,6 +119,13 @@ impl FileService {
             .delete_file(project_id, id)
             .await?
             .ok_or_else(|| not_found(id))?;
+        if self.store.file_in_use(&record.id).await? {
+            // A running batch still reads these bytes (also after a restart), so
+            // they stay on disk; reclaiming them afterwards belongs to the
+            // file-expiry sweep (issue 4).
+            tracing::info!(file_id = %record.id, "deleted file is a running batch's input; keeping its bytes");
+            return Ok(record);
+        }
         if let Err(e) = self.blobs.delete(&record.storage_key).await {
             // The row is already gone from the API; leftover bytes are only disk space.
             tracing::warn!(file_id = %record.id, error = %e, "could not remove deleted file's bytes");
