@@ -16,7 +16,7 @@ use crate::batch::result_writer::ResultWriter;
 use crate::batch::supervisor::Supervisor;
 use crate::batch::{BatchService, Runtime};
 use crate::config::{Config, DEFAULT_MODEL_FILE, DEFAULT_MODEL_NAME, ModelConfig};
-use crate::files::{Blobs, FileService};
+use crate::files::{self, Blobs, FileService};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
@@ -62,17 +62,24 @@ impl Server {
             models,
             max_upload_bytes: config.limits.max_upload_bytes,
             completion_windows: config.execution.allowed_completion_windows.clone(),
+            min_expires_after_secs: config.limits.min_expires_after_secs,
         };
         let listener = TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let shutdown_signal = stop.clone();
+        let sweeper = files::sweeper::spawn(
+            state.files.clone(),
+            Duration::from_millis(config.execution.file_sweep_interval_ms),
+            stop.clone(),
+        );
         let done = tokio::spawn(async move {
             axum::serve(listener, api::router(state))
                 .with_graceful_shutdown(async move { shutdown_signal.cancelled().await })
                 .await?;
             // Order matters: no new requests, then workers finish their in-flight
             // lines, then every queued result is committed.
+            let _ = sweeper.await;
             supervisor.shutdown().await;
             writer.flush().await;
             drop(writer);

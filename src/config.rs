@@ -52,6 +52,9 @@ pub struct LimitsConfig {
     pub max_line_bytes: u64,
     /// At most this many per-line problems are reported in a failed batch's `errors`.
     pub max_reported_errors: usize,
+    /// Shortest `expires_after[seconds]` / `output_expires_after.seconds`
+    /// accepted. OpenAI's is 3600; lower values exist for tests.
+    pub min_expires_after_secs: i64,
 }
 
 impl Default for LimitsConfig {
@@ -62,6 +65,7 @@ impl Default for LimitsConfig {
             max_batch_lines: 50_000,
             max_line_bytes: 16 * 1024 * 1024,
             max_reported_errors: 1000,
+            min_expires_after_secs: 3600,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct ExecutionConfig {
     /// "24h"; others ("1h", "7d", "90s": a number and s, m, h or d) are a
     /// documented extension.
     pub allowed_completion_windows: Vec<String>,
+    /// How often expired files are deleted.
+    pub file_sweep_interval_ms: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -92,6 +98,7 @@ impl Default for ExecutionConfig {
             request_timeout_secs: 600,
             poll_interval_ms: 1000,
             allowed_completion_windows: vec!["24h".into()],
+            file_sweep_interval_ms: 60_000,
         }
     }
 }

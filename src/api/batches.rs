@@ -15,7 +15,7 @@ use crate::batch::endpoint::Endpoint;
 use crate::batch::record::BatchRecord;
 use crate::batch::service::NewBatch;
 use crate::config::window_seconds;
-use crate::files::record::{MAX_EXPIRES_AFTER_SECS, MIN_EXPIRES_AFTER_SECS};
+use crate::files::record::MAX_EXPIRES_AFTER_SECS;
 
 const MAX_METADATA_PAIRS: usize = 16;
 const MAX_METADATA_KEY: usize = 64;
@@ -26,7 +26,7 @@ fn batch_json(batch: &BatchRecord) -> Response {
 }
 
 pub async fn create(State(app): State<AppState>, Project(project_id): Project, body: Bytes) -> ApiResult<Response> {
-    let new = parse_create(project_id, &body, &app.completion_windows)?;
+    let new = parse_create(project_id, &body, &app.completion_windows, app.min_expires_after_secs)?;
     Ok(batch_json(&app.batches.create(new).await?))
 }
 
@@ -89,7 +89,12 @@ fn required_string<'a>(body: &'a Map<String, Value>, name: &str) -> ApiResult<&'
 }
 
 /// Checks a create request the way OpenAI does, naming the offending parameter.
-fn parse_create(project_id: String, raw: &[u8], allowed_windows: &[String]) -> ApiResult<NewBatch> {
+fn parse_create(
+    project_id: String,
+    raw: &[u8],
+    allowed_windows: &[String],
+    min_expires_after_secs: i64,
+) -> ApiResult<NewBatch> {
     let body: Value = serde_json::from_slice(raw).map_err(|e| {
         ApiError::bad_request(
             format!("We could not parse the JSON body of your request: {e}."),
@@ -138,7 +143,7 @@ fn parse_create(project_id: String, raw: &[u8], allowed_windows: &[String]) -> A
     };
     let output_expires_after = match body.get("output_expires_after") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(map)) => Some(check_output_expiry(map)?),
+        Some(Value::Object(map)) => Some(check_output_expiry(map, min_expires_after_secs)?),
         Some(other) => return Err(invalid_type("output_expires_after", "an object", other)),
     };
     Ok(NewBatch {
@@ -190,7 +195,7 @@ fn check_metadata(map: &Map<String, Value>) -> ApiResult<Map<String, Value>> {
     Ok(map.clone())
 }
 
-fn check_output_expiry(map: &Map<String, Value>) -> ApiResult<i64> {
+fn check_output_expiry(map: &Map<String, Value>, min_secs: i64) -> ApiResult<i64> {
     if map.get("anchor").and_then(Value::as_str) != Some("created_at") {
         return Err(ApiError::bad_request(
             "Invalid value for 'output_expires_after.anchor': the only supported anchor is 'created_at'.",
@@ -199,10 +204,10 @@ fn check_output_expiry(map: &Map<String, Value>) -> ApiResult<i64> {
         ));
     }
     match map.get("seconds").and_then(Value::as_i64) {
-        Some(s) if (MIN_EXPIRES_AFTER_SECS..=MAX_EXPIRES_AFTER_SECS).contains(&s) => Ok(s),
+        Some(s) if (min_secs..=MAX_EXPIRES_AFTER_SECS).contains(&s) => Ok(s),
         _ => Err(ApiError::bad_request(
             format!(
-                "Invalid value for 'output_expires_after.seconds': expected an integer between {MIN_EXPIRES_AFTER_SECS} and {MAX_EXPIRES_AFTER_SECS}."
+                "Invalid value for 'output_expires_after.seconds': expected an integer between {min_secs} and {MAX_EXPIRES_AFTER_SECS}."
             ),
             Some("output_expires_after.seconds"),
             Some("invalid_value"),

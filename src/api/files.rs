@@ -13,7 +13,7 @@ use super::error::{ApiError, ApiResult};
 use super::project::Project;
 use super::query::{Params, truncate};
 use super::wire::{FileDeleted, FileObject, ListEnvelope};
-use crate::files::record::{MAX_EXPIRES_AFTER_SECS, MIN_EXPIRES_AFTER_SECS};
+use crate::files::record::MAX_EXPIRES_AFTER_SECS;
 use crate::files::service::{NewFile, StagedFile};
 use crate::files::{FileRecord, Purpose};
 use crate::store::{FileListQuery, Order};
@@ -72,7 +72,11 @@ pub async fn upload(
                 Some("invalid_value"),
             )
         })?;
-        let expires_after = parse_expires_after(form.anchor.as_deref(), form.seconds.as_deref())?;
+        let expires_after = parse_expires_after(
+            form.anchor.as_deref(),
+            form.seconds.as_deref(),
+            app.min_expires_after_secs,
+        )?;
         if staged.is_none() {
             return Err(missing("file"));
         }
@@ -149,7 +153,7 @@ async fn text(mut field: Field<'_>) -> ApiResult<String> {
         .map_err(|_| ApiError::bad_request(format!("The field '{name}' is not UTF-8 text."), Some(&name), None))
 }
 
-fn parse_expires_after(anchor: Option<&str>, seconds: Option<&str>) -> ApiResult<Option<i64>> {
+fn parse_expires_after(anchor: Option<&str>, seconds: Option<&str>, min_secs: i64) -> ApiResult<Option<i64>> {
     match (anchor, seconds) {
         (None, None) => Ok(None),
         (anchor, seconds) => {
@@ -161,10 +165,10 @@ fn parse_expires_after(anchor: Option<&str>, seconds: Option<&str>) -> ApiResult
                 ));
             }
             match seconds.and_then(|s| s.trim().parse::<i64>().ok()) {
-                Some(s) if (MIN_EXPIRES_AFTER_SECS..=MAX_EXPIRES_AFTER_SECS).contains(&s) => Ok(Some(s)),
+                Some(s) if (min_secs..=MAX_EXPIRES_AFTER_SECS).contains(&s) => Ok(Some(s)),
                 _ => Err(ApiError::bad_request(
                     format!(
-                        "Invalid value for 'expires_after[seconds]': expected an integer between {MIN_EXPIRES_AFTER_SECS} and {MAX_EXPIRES_AFTER_SECS}."
+                        "Invalid value for 'expires_after[seconds]': expected an integer between {min_secs} and {MAX_EXPIRES_AFTER_SECS}."
                     ),
                     Some("expires_after[seconds]"),
                     Some("invalid_value"),

@@ -32,6 +32,8 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// `execution.allowed_completion_windows`.
     pub completion_windows: Vec<String>,
+    /// `limits.min_expires_after_secs`.
+    pub min_expires_after_secs: i64,
 }
 
 /// Issues `req_<hex>` ids, the format OpenAI's `x-request-id` has.

@@ -4,6 +4,7 @@
 pub mod blobs;
 pub mod record;
 pub mod service;
+pub mod sweeper;
 
 pub use blobs::Blobs;
 pub use record::{FileRecord, Purpose};

@@ -57,6 +57,6 @@ impl Purpose {
 /// OpenAI; so do result files, counted from their creation.
 pub const DEFAULT_BATCH_FILE_TTL_SECS: i64 = 30 * 24 * 3600;
 
-/// Bounds of `expires_after[seconds]` and `output_expires_after.seconds`.
-pub const MIN_EXPIRES_AFTER_SECS: i64 = 3600;
+/// Upper bound of `expires_after[seconds]` and `output_expires_after.seconds`
+/// (the lower bound is `limits.min_expires_after_secs`, 3600 as on OpenAI).
 pub const MAX_EXPIRES_AFTER_SECS: i64 = 30 * 24 * 3600;

@@ -133,6 +133,26 @@ impl FileService {
         Ok(record)
     }
 
+    /// Deletes every file whose `expires_after` has passed (input files still
+    /// read by a running batch keep their bytes until it ends). Returns how
+    /// many were deleted.
+    pub async fn delete_expired(&self, now: i64) -> Result<usize> {
+        let mut deleted = 0;
+        loop {
+            let expired = self.store.expired_files(now, 500).await?;
+            if expired.is_empty() {
+                return Ok(deleted);
+            }
+            for file in expired {
+                // Another sweep or a user may have deleted it meanwhile: fine.
+                match self.delete(&file.project_id, &file.id).await {
+                    Ok(_) | Err(Error::NotFound { .. }) => deleted += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
     pub async fn content(
         &self,
         project_id: &str,

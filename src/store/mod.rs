@@ -42,6 +42,8 @@ pub trait FileRepo: Send + Sync {
     /// A file of this project even if deleted: a running batch still reads its
     /// input after the user deleted the file.
     async fn get_file_even_deleted(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>>;
+    /// Live files whose `expires_at` is at or before `now`, oldest first.
+    async fn expired_files(&self, now: i64, limit: u32) -> Result<Vec<FileRecord>>;
     /// Whether a batch that has not finished reads this file as its input.
     async fn file_in_use(&self, id: &str) -> Result<bool>;
     /// Marks the file deleted and returns it, or `None` if it was not live.

@@ -69,6 +69,18 @@ impl FileRepo for SqliteStore {
         Ok(row.as_ref().map(file_from_row))
     }
 
+    async fn expired_files(&self, now: i64, limit: u32) -> Result<Vec<FileRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM files WHERE deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?
+             ORDER BY expires_at LIMIT ?"
+        )))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(file_from_row).collect())
+    }
+
     async fn file_in_use(&self, id: &str) -> Result<bool> {
         let in_use: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM batches WHERE input_file_id = ?
