@@ -54,6 +54,7 @@ impl Server {
             models: models.clone(),
             limits: config.limits.clone(),
             writer: writer.clone(),
+            shutdown_grace: Duration::from_secs(config.execution.shutdown_grace_secs),
         };
         let supervisor = Supervisor::start(runtime, Duration::from_millis(config.execution.poll_interval_ms));
         let state = AppState {

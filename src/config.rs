@@ -87,6 +87,9 @@ pub struct ExecutionConfig {
     pub allowed_completion_windows: Vec<String>,
     /// How often expired files are deleted.
     pub file_sweep_interval_ms: u64,
+    /// On SIGTERM, how long in-flight lines may take to finish before the
+    /// server exits anyway (those lines are sent again after a restart).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -99,6 +102,7 @@ impl Default for ExecutionConfig {
             poll_interval_ms: 1000,
             allowed_completion_windows: vec!["24h".into()],
             file_sweep_interval_ms: 60_000,
+            shutdown_grace_secs: 30,
         }
     }
 }

@@ -271,3 +271,49 @@ async fn deleting_the_input_file_of_a_running_batch_does_not_break_it() {
     assert_eq!(batch["status"], "completed");
     assert_eq!(batch["request_counts"]["completed"], 20);
 }
+
+#[tokio::test]
+async fn shutdown_cuts_off_slow_lines_after_the_grace_period_and_a_restart_sends_them_again() {
+    let mut h = Harness::start_with(|c| {
+        c.execution.shutdown_grace_secs = 0;
+        c.models[0].max_concurrency = 4;
+    })
+    .await;
+    let lines: Vec<Value> = (0..4)
+        .map(|i| {
+            chat_line(
+                &format!("s{i}"),
+                "fake-model",
+                &format!("very slow [delay_ms=3000] {i}"),
+            )
+        })
+        .collect();
+    let file_id = h.upload_lines(&lines).await;
+    let batch = h.create_batch(&file_id, "/v1/chat/completions").await;
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.backend.stats.in_flight.load(Ordering::Relaxed) < 4 {
+        assert!(std::time::Instant::now() < deadline, "lines never reached the backend");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let stopping = std::time::Instant::now();
+    h.restart().await;
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(2),
+        "shutdown waited for the slow lines: {:?}",
+        stopping.elapsed()
+    );
+    let batch = h.wait_terminal(&id).await;
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 4, "failed": 0})
+    );
+    let output = h.lines_of(&batch["output_file_id"]).await;
+    let ids: HashSet<&str> = output.iter().map(|l| l["custom_id"].as_str().unwrap()).collect();
+    assert_eq!((output.len(), ids.len()), (4, 4));
+    assert_eq!(
+        h.backend.stats.requests.load(Ordering::Relaxed),
+        8,
+        "cut-off lines are sent again, once"
+    );
+}

@@ -33,4 +33,6 @@ pub struct Runtime {
     pub models: ModelRegistry,
     pub limits: LimitsConfig,
     pub writer: result_writer::ResultWriter,
+    /// How long in-flight lines may take to finish when the server stops.
+    pub shutdown_grace: std::time::Duration,
 }

@@ -37,7 +37,13 @@ pub(super) fn deadline_of(expires_at: Option<i64>) -> tokio::time::Instant {
     tokio::time::Instant::now() + std::time::Duration::from_secs(left as u64)
 }
 
-pub async fn run(rt: &Runtime, batch: &BatchRecord, stop: &CancellationToken) -> Result<RunEnd> {
+/// `stop` fires on cancel or shutdown; `shutdown` tells which.
+pub async fn run(
+    rt: &Runtime,
+    batch: &BatchRecord,
+    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<RunEnd> {
     let endpoint = Endpoint::parse(&batch.endpoint)
         .ok_or_else(|| Error::internal(anyhow::anyhow!("batch {} has unknown endpoint", batch.id)))?;
     let model = batch.model.clone().unwrap_or_default();
@@ -100,7 +106,24 @@ pub async fn run(rt: &Runtime, batch: &BatchRecord, stop: &CancellationToken) ->
             drop(permit);
         });
     };
-    while in_flight.join_next().await.is_some() {}
+    let mut end = end;
+    loop {
+        tokio::select! {
+            next = in_flight.join_next() => if next.is_none() { break },
+            _ = shutdown.cancelled() => {
+                // Shutting down: in-flight lines get `shutdown_grace` to finish.
+                // Lines cut off have no result, so the next start sends them again.
+                let drain = async { while in_flight.join_next().await.is_some() {} };
+                if tokio::time::timeout(rt.shutdown_grace, drain).await.is_err() {
+                    tracing::warn!(batch_id = %batch_id, lines = in_flight.len(), "shutdown grace over; in-flight lines will be re-sent after restart");
+                    in_flight.abort_all();
+                    while in_flight.join_next().await.is_some() {}
+                    end = RunEnd::Stopped;
+                }
+                break;
+            }
+        }
+    }
     rt.writer.flush().await;
     Ok(end)
 }

@@ -52,7 +52,7 @@ pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals) -> Result<()
                 // Found past its window (for example after a restart).
                 finalize(rt, &batch, BatchStatus::InProgress, BatchStatus::Expired).await?;
             }
-            BatchStatus::InProgress => match run(rt, &batch, &stop).await? {
+            BatchStatus::InProgress => match run(rt, &batch, &stop, &signals.shutdown).await? {
                 RunEnd::AllDone => {
                     rt.store
                         .transition(&batch.id, BatchStatus::Finalizing, ids::now())
