@@ -10,8 +10,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== cargo build"
-cargo build --locked --bins
+# `cargo test` also builds both binaries (the integration tests run them), with
+# the same features as the tests: a separate `cargo build` would resolve
+# features differently and compile llama.cpp once more.
 echo "== cargo test"
 cargo test --locked
 
