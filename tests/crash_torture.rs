@@ -99,7 +99,7 @@ async fn torture(how: Stop) {
     let text: String = (0..LINES)
         .map(|i| {
             // Every 10th line gets a 400 from the backend: both files are exercised.
-            let prompt = if i % 10 == 0 {
+            let prompt = if i.is_multiple_of(10) {
                 format!("line {i} [status=400]")
             } else {
                 format!("line {i}")
@@ -184,7 +184,7 @@ async fn torture(how: Stop) {
             let v: Value = serde_json::from_str(line).unwrap();
             let custom_id = v["custom_id"].as_str().unwrap().to_owned();
             let n: usize = custom_id[3..].parse().unwrap();
-            assert_eq!(is_error, n % 10 == 0, "{custom_id} is in the wrong file");
+            assert_eq!(is_error, n.is_multiple_of(10), "{custom_id} is in the wrong file");
             *seen.entry(custom_id).or_default() += 1;
             if is_error { counts.1 += 1 } else { counts.0 += 1 }
         }
