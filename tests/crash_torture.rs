@@ -7,33 +7,20 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use batchd::testing::fake_backend::FakeBackend;
-use common::chat_line;
+use common::{chat_line, spawn_batchd};
 use serde_json::{Value, json};
 
 const LINES: usize = 2000;
 const CONCURRENCY: usize = 16;
 
 fn start(config: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("BATCHD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "batchd did not start: {line:?}");
-    (child, format!("{}/v1", line.trim().rsplit(' ').next().unwrap()))
+    let (child, url) = spawn_batchd([std::ffi::OsStr::new("serve"), "--config".as_ref(), config.as_os_str()]);
+    (child, format!("{url}/v1"))
 }
 
 async fn status_of(http: &reqwest::Client, api: &str, id: &str) -> Value {

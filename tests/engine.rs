@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use batchd::testing::tiny_gguf::{self, TinyModel};
 use serde_json::{Value, json};
@@ -28,30 +27,19 @@ fn start_engine() -> Engine {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.gguf");
     tiny_gguf::write(&model, &TinyModel::default()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
-        .args([
-            "engine",
-            "--name",
-            "tiny",
-            "--parallel",
-            "4",
-            "--ctx-per-seq",
-            "256",
-            "--threads",
-            "2",
-            "--model",
-        ])
-        .arg(&model)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "engine did not start: {line:?}");
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let mut args = vec![
+        "engine",
+        "--name",
+        "tiny",
+        "--parallel",
+        "4",
+        "--ctx-per-seq",
+        "256",
+        "--threads",
+        "2",
+    ];
+    args.extend(["--model", model.to_str().unwrap()]);
+    let (child, url) = common::spawn_batchd(args);
     Engine {
         child,
         url,

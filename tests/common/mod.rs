@@ -171,6 +171,30 @@ impl Harness {
     }
 }
 
+/// Runs the real `batchd` binary with `args` and waits for its "... listening
+/// on http://ADDR" line; returns the process and that URL.
+pub fn spawn_batchd<I, S>(args: I) -> (std::process::Child, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .args(args)
+        .env("BATCHD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "batchd did not start: {line:?}");
+    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (child, url)
+}
+
 /// A chat request line whose prompt is `content`.
 pub fn chat_line(custom_id: &str, model: &str, content: &str) -> Value {
     json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
