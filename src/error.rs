@@ -26,7 +26,7 @@ pub enum Error {
     TooLarge { message: String },
     /// Storage is out of space; retrying later may work.
     #[error("{message}")]
-    Unavailable { message: String },
+    StorageFull { message: String },
     /// A bug or an infrastructure failure; details go to the log, not the client.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -48,8 +48,40 @@ impl Error {
     }
 }
 
+impl Error {
+    pub fn storage_full() -> Self {
+        Error::StorageFull {
+            message: "The server is out of storage space; try again later.".into(),
+        }
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
+        if is_storage_full(&e) {
+            return Error::storage_full();
+        }
         Error::Internal(e.into())
     }
+}
+
+/// Whether `e`, or any error it wraps, says the disk (or quota) is full:
+/// `ENOSPC`/`EDQUOT` from the OS, or SQLite's `SQLITE_FULL`.
+pub fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    const SQLITE_FULL: &str = "13";
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull || io.kind() == std::io::ErrorKind::QuotaExceeded)
+        {
+            return true;
+        }
+        if let Some(sqlx::Error::Database(db)) = err.downcast_ref::<sqlx::Error>()
+            && db.code().as_deref() == Some(SQLITE_FULL)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }

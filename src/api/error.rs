@@ -59,15 +59,14 @@ impl From<Error> for ApiError {
             Error::Invalid { .. } => (StatusCode::BAD_REQUEST, INVALID_REQUEST),
             Error::Conflict { .. } => (StatusCode::CONFLICT, INVALID_REQUEST),
             Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST),
-            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR),
+            Error::StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, SERVER_ERROR),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, SERVER_ERROR),
         };
         let (message, param, code) = match e {
             Error::NotFound { message, param } => (message, param.map(str::to_owned), None),
             Error::Invalid { message, param, code } => (message, param, code.map(str::to_owned)),
-            Error::Conflict { message } | Error::TooLarge { message } | Error::Unavailable { message } => {
-                (message, None, None)
-            }
+            Error::Conflict { message } | Error::TooLarge { message } => (message, None, None),
+            Error::StorageFull { message } => (message, None, Some("insufficient_storage".to_owned())),
             Error::Internal(err) => {
                 tracing::error!(error = %err, "internal error");
                 (

@@ -3,8 +3,6 @@
 //! point: result files go to fixed keys and become visible (get a File record)
 //! in the same transaction that ends the batch.
 
-use tokio::io::AsyncWriteExt;
-
 use super::Runtime;
 use super::endpoint::Endpoint;
 use super::output_line;
@@ -95,26 +93,20 @@ async fn write_result_file(rt: &Runtime, batch: &BatchRecord, kind: ResultFileKi
         while let Some((last_line, _)) = page.last() {
             let last_line = *last_line;
             for (_, text) in &page {
-                writer.write_all(text.as_bytes()).await?;
-                writer.write_all(b"\n").await?;
+                writer.write_all(text.as_bytes()).await.map_err(blob_failure)?;
+                writer.write_all(b"\n").await.map_err(blob_failure)?;
                 bytes += text.len() as u64 + 1;
             }
-            page = rt
-                .store
-                .result_page(&batch.id, is_error, last_line, PAGE)
-                .await
-                .map_err(std::io::Error::other)?;
+            page = rt.store.result_page(&batch.id, is_error, last_line, PAGE).await?;
         }
-        writer.shutdown().await
+        Ok::<_, Error>(())
     };
-    if let Err(e) = write.await {
-        let _ = writer.abort().await;
-        let e = if e.kind() == std::io::ErrorKind::StorageFull {
-            BlobError::NoSpace
-        } else {
-            BlobError::Io(e)
-        };
-        return Err(Error::internal(e));
+    match write.await {
+        Ok(()) => writer.finish().await.map_err(blob_failure)?,
+        Err(e) => {
+            writer.abort().await;
+            return Err(e);
+        }
     }
     let created_at = ids::now();
     let ttl = batch.output_expires_after.unwrap_or(DEFAULT_BATCH_FILE_TTL_SECS);
@@ -128,4 +120,13 @@ async fn write_result_file(rt: &Runtime, batch: &BatchRecord, kind: ResultFileKi
         expires_at: Some(created_at + ttl),
         storage_key,
     }))
+}
+
+/// A result file that cannot be written fails this finalization attempt; a
+/// full disk is reported as such so the supervisor's retries make sense in logs.
+fn blob_failure(e: BlobError) -> Error {
+    match e {
+        BlobError::NoSpace => Error::storage_full(),
+        other => Error::internal(other),
+    }
 }

@@ -27,10 +27,18 @@ pub enum BlobError {
 
 impl BlobError {
     fn from_io(e: std::io::Error) -> Self {
-        if e.kind() == std::io::ErrorKind::StorageFull {
+        if crate::error::is_storage_full(&e) {
             BlobError::NoSpace
         } else {
             BlobError::Io(e)
+        }
+    }
+
+    fn from_store(e: object_store::Error) -> Self {
+        if crate::error::is_storage_full(&e) {
+            BlobError::NoSpace
+        } else {
+            BlobError::Store(e)
         }
     }
 }
@@ -75,30 +83,33 @@ impl Blobs {
                 if written > limit {
                     return Err(BlobError::TooLarge { limit });
                 }
-                writer.put(chunk).await.map_err(BlobError::Store)?;
+                writer.put(chunk).await?;
             }
-            writer.shutdown().await.map_err(BlobError::from_io)
+            Ok(())
         }
         .await;
-        if let Err(e) = outcome {
-            let _ = writer.abort().await;
-            return Err(e);
+        match outcome {
+            Ok(()) => writer.finish().await.map(|()| written),
+            Err(e) => {
+                writer.abort().await;
+                Err(e)
+            }
         }
-        Ok(written)
     }
 
-    /// A buffered writer for `key`; the object appears when it is shut down.
-    /// Memory per writer stays near `WRITE_CHUNK * (WRITE_CONCURRENCY + 1)`
-    /// whatever the object's size.
-    pub fn writer(&self, key: &str) -> BufWriter {
-        BufWriter::with_capacity(self.store.clone(), Path::from(key), WRITE_CHUNK)
-            .with_max_concurrency(WRITE_CONCURRENCY)
+    /// A streaming writer for `key`; the object appears only when `finish`
+    /// succeeds.
+    pub fn writer(&self, key: &str) -> BlobWriter {
+        BlobWriter {
+            inner: BufWriter::with_capacity(self.store.clone(), Path::from(key), WRITE_CHUNK)
+                .with_max_concurrency(WRITE_CONCURRENCY),
+        }
     }
 
     /// The object's bytes as a stream of chunks.
     pub async fn get_stream(&self, key: &str) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
         let result = self.store.get(&Path::from(key)).await?;
-        Ok(result.into_stream().map(|r| r.map_err(BlobError::Store)).boxed())
+        Ok(result.into_stream().map(|r| r.map_err(BlobError::from_store)).boxed())
     }
 
     /// Removes the object; an object that is already gone is not an error.
@@ -106,6 +117,38 @@ impl Blobs {
         match self.store.delete(&Path::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Writes one object in parts. Memory stays near
+/// `WRITE_CHUNK * (WRITE_CONCURRENCY + 1)` whatever the object's size.
+///
+/// Wraps `object_store`'s `BufWriter`, whose `abort` panics once a shutdown was
+/// attempted: `finish` consumes the writer (a failed finish cleans up after
+/// itself), so `abort` can only be called before it.
+pub struct BlobWriter {
+    inner: BufWriter,
+}
+
+impl BlobWriter {
+    pub async fn put(&mut self, chunk: Bytes) -> Result<(), BlobError> {
+        self.inner.put(chunk).await.map_err(BlobError::from_store)
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
+        self.inner.write_all(bytes).await.map_err(BlobError::from_io)
+    }
+
+    /// Completes the object; on failure nothing is left behind.
+    pub async fn finish(mut self) -> Result<(), BlobError> {
+        self.inner.shutdown().await.map_err(BlobError::from_io)
+    }
+
+    /// Drops what was written so far.
+    pub async fn abort(mut self) {
+        if let Err(e) = self.inner.abort().await {
+            tracing::warn!(error = %e, "could not clean up a partly written object");
         }
     }
 }

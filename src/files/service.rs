@@ -181,9 +181,7 @@ pub fn blob_error(e: BlobError, what: &str) -> Error {
         BlobError::TooLarge { limit } => Error::TooLarge {
             message: format!("The {what} is too large: the maximum size is {limit} bytes."),
         },
-        BlobError::NoSpace => Error::Unavailable {
-            message: "The server is out of storage space; try again later.".into(),
-        },
+        BlobError::NoSpace => Error::storage_full(),
         BlobError::Source(msg) => {
             Error::invalid(format!("Could not read the uploaded {what}: {msg}"), Some("file"), None)
         }

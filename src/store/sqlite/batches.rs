@@ -4,6 +4,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteStore;
 use super::files::insert_file;
+use super::write_tx::WriteTx;
 use crate::batch::record::{BatchError, BatchRecord, RequestCounts, Usage};
 use crate::batch::status::BatchStatus;
 use crate::error::{Error, Result};
@@ -257,7 +258,7 @@ impl BatchRepo for SqliteStore {
         files: &[FinishedFile],
         now: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let sql = format!(
             "UPDATE batches SET status = ?2{} WHERE id = ?3 AND status = ?4",
             stamp_clause(to)
@@ -267,13 +268,14 @@ impl BatchRepo for SqliteStore {
             .bind(to.as_str())
             .bind(id)
             .bind(from.as_str())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         if done.rows_affected() != 1 {
+            tx.rollback().await?;
             return Ok(false);
         }
         for file in files {
-            insert_file(&mut *tx, &file.record).await?;
+            insert_file(tx.conn(), &file.record).await?;
             let column = match file.kind {
                 ResultFileKind::Output => "output_file_id",
                 ResultFileKind::Error => "error_file_id",
@@ -281,7 +283,7 @@ impl BatchRepo for SqliteStore {
             sqlx::query(AssertSqlSafe(format!("UPDATE batches SET {column} = ? WHERE id = ?")))
                 .bind(&file.record.id)
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
         tx.commit().await?;

@@ -5,6 +5,7 @@
 mod batches;
 mod files;
 mod results;
+mod write_tx;
 
 use std::path::Path;
 use std::str::FromStr;

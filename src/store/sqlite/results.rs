@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
 
 use super::SqliteStore;
+use super::write_tx::WriteTx;
 use crate::batch::record::Usage;
 use crate::error::Result;
 use crate::store::{LineResult, ResultRepo};
@@ -25,7 +26,7 @@ impl ResultRepo for SqliteStore {
         if results.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let mut deltas: HashMap<&str, Delta> = HashMap::new();
         // Multi-row inserts: one statement per chunk instead of one per line.
         // RETURNING names only the rows actually inserted, so a line that
@@ -46,7 +47,7 @@ impl ResultRepo for SqliteStore {
                     .bind(r.is_error)
                     .bind(&r.output_line);
             }
-            let inserted: HashSet<(String, i64)> = query.fetch_all(&mut *tx).await?.into_iter().collect();
+            let inserted: HashSet<(String, i64)> = query.fetch_all(tx.conn()).await?.into_iter().collect();
             for r in chunk {
                 if inserted.contains(&(r.batch_id.clone(), r.line as i64)) {
                     let delta = deltas.entry(r.batch_id.as_str()).or_default();
@@ -75,7 +76,7 @@ impl ResultRepo for SqliteStore {
             .bind(d.usage.reasoning_tokens)
             .bind(d.usage.total_tokens)
             .bind(batch_id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         tx.commit().await?;
