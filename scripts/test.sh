@@ -8,6 +8,7 @@ scripts/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 # `cargo test` also builds both binaries (the integration tests run them), with
@@ -15,6 +16,11 @@ cargo clippy --all-targets --locked -- -D warnings
 # features differently and compile llama.cpp once more.
 echo "== cargo test"
 cargo test --locked
+
+# Bounded fuzzing of the JSONL validator and the multipart upload path; prints
+# each target's execution count.
+echo "== cargo fuzz"
+scripts/fuzz.sh "${BATCHD_FUZZ_SECONDS:-60}"
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 export BATCHD_BIN="$target_dir/debug/batchd"

@@ -44,27 +44,12 @@ impl Server {
             }
         }
         let engines = start_engines(&mut config).await?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?);
-        let blobs = Blobs::local(&data_dir.join("blobs"))?;
-        let models = ModelRegistry::new(&config.models, &config.execution)?;
-        let (writer, writer_task) = ResultWriter::spawn(store.clone());
-        let runtime = Runtime {
-            store: store.clone(),
-            blobs: blobs.clone(),
-            models: models.clone(),
-            limits: config.limits.clone(),
-            writer: writer.clone(),
-            shutdown_grace: Duration::from_secs(config.execution.shutdown_grace_secs),
-        };
-        let supervisor = Supervisor::start(runtime, Duration::from_millis(config.execution.poll_interval_ms));
-        let state = AppState {
-            files: FileService::new(store.clone(), blobs, config.limits.max_upload_bytes),
-            batches: BatchService::new(store, supervisor.clone()),
-            models,
-            max_upload_bytes: config.limits.max_upload_bytes,
-            completion_windows: config.execution.allowed_completion_windows.clone(),
-            min_expires_after_secs: config.limits.min_expires_after_secs,
-        };
+        let Core {
+            state,
+            supervisor,
+            writer,
+            writer_task,
+        } = Core::open(&config).await?;
         let listener = TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -113,6 +98,50 @@ impl Server {
     /// (Engines started for `engine = ...` models are stopped last.)
     pub fn stopper(&self) -> CancellationToken {
         self.stop.clone()
+    }
+}
+
+/// Everything but the listener and the engine processes: the store, file
+/// storage, backends, the batch supervisor (already running) and the router's
+/// state. The fuzz targets drive `api::router(core.state)` in-process.
+pub struct Core {
+    pub state: AppState,
+    pub supervisor: Arc<Supervisor>,
+    pub writer: ResultWriter,
+    pub writer_task: tokio::task::JoinHandle<()>,
+}
+
+impl Core {
+    pub async fn open(config: &Config) -> anyhow::Result<Core> {
+        let data_dir = &config.server.data_dir;
+        std::fs::create_dir_all(data_dir)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?);
+        let blobs = Blobs::local(&data_dir.join("blobs"))?;
+        let models = ModelRegistry::new(&config.models, &config.execution)?;
+        let (writer, writer_task) = ResultWriter::spawn(store.clone());
+        let runtime = Runtime {
+            store: store.clone(),
+            blobs: blobs.clone(),
+            models: models.clone(),
+            limits: config.limits.clone(),
+            writer: writer.clone(),
+            shutdown_grace: Duration::from_secs(config.execution.shutdown_grace_secs),
+        };
+        let supervisor = Supervisor::start(runtime, Duration::from_millis(config.execution.poll_interval_ms));
+        let state = AppState {
+            files: FileService::new(store.clone(), blobs, config.limits.max_upload_bytes),
+            batches: BatchService::new(store, supervisor.clone()),
+            models,
+            max_upload_bytes: config.limits.max_upload_bytes,
+            completion_windows: config.execution.allowed_completion_windows.clone(),
+            min_expires_after_secs: config.limits.min_expires_after_secs,
+        };
+        Ok(Core {
+            state,
+            supervisor,
+            writer,
+            writer_task,
+        })
     }
 }
 

@@ -10,6 +10,7 @@ pub mod app;
 pub mod backends;
 pub mod batch;
 pub mod config;
+#[cfg(feature = "engine")]
 pub mod engine;
 pub mod error;
 pub mod files;

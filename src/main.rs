@@ -32,6 +32,7 @@ enum Command {
     },
     /// Run the embedded CPU inference engine on a GGUF model (an
     /// OpenAI-compatible server; `batchd serve` starts it by itself).
+    #[cfg(feature = "engine")]
     Engine(batchd::engine::EngineArgs),
 }
 
@@ -53,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve { config } => serve(config).await,
+        #[cfg(feature = "engine")]
         Command::Engine(args) => batchd::engine::run(args).await,
     }
 }

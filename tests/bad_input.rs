@@ -9,9 +9,15 @@ use serde_json::{Value, json};
 
 fn assert_envelope(body: &Value, context: &str) {
     let error = &body["error"];
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{context}: {body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{context}: {body}"
+    );
     assert!(error["type"].is_string(), "{context}: {body}");
-    assert!(error.get("param").is_some() && error.get("code").is_some(), "{context}: {body}");
+    assert!(
+        error.get("param").is_some() && error.get("code").is_some(),
+        "{context}: {body}"
+    );
 }
 
 /// Uploads a known file first and checks at the end that it is untouched and
@@ -66,14 +72,21 @@ async fn malformed_multipart_uploads_are_400() {
     let witness = Witness::new(&h).await;
     let b = "XyZboundary";
     let multipart = format!("multipart/form-data; boundary={b}");
-    let file_part = format!(
-        "--{b}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n{{}}\n\r\n"
-    );
+    let file_part =
+        format!("--{b}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n{{}}\n\r\n");
     let purpose_part = format!("--{b}\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n");
     let cases: Vec<(&str, String, String)> = vec![
-        ("no boundary", "multipart/form-data".into(), format!("{file_part}{purpose_part}--{b}--\r\n")),
+        (
+            "no boundary",
+            "multipart/form-data".into(),
+            format!("{file_part}{purpose_part}--{b}--\r\n"),
+        ),
         ("garbage body", multipart.clone(), "this is not multipart at all".into()),
-        ("truncated body", multipart.clone(), format!("{purpose_part}{}", &file_part[..file_part.len() - 6])),
+        (
+            "truncated body",
+            multipart.clone(),
+            format!("{purpose_part}{}", &file_part[..file_part.len() - 6]),
+        ),
         ("missing file", multipart.clone(), format!("{purpose_part}--{b}--\r\n")),
         ("missing purpose", multipart.clone(), format!("{file_part}--{b}--\r\n")),
         (
@@ -86,7 +99,11 @@ async fn malformed_multipart_uploads_are_400() {
             multipart.clone(),
             format!("--{b}\r\n\r\nbatch\r\n--{b}--\r\n"),
         ),
-        ("json instead of multipart", "application/json".into(), "{\"purpose\":\"batch\"}".into()),
+        (
+            "json instead of multipart",
+            "application/json".into(),
+            "{\"purpose\":\"batch\"}".into(),
+        ),
         ("empty body", multipart.clone(), String::new()),
     ];
     for (name, content_type, body) in cases {
@@ -133,7 +150,9 @@ async fn run_input(h: &Harness, content: Vec<u8>) -> (Value, Vec<Value>) {
     let response = h.upload(content, "input.jsonl", "batch").await;
     assert_eq!(response.status(), 200);
     let file: Value = response.json().await.unwrap();
-    let batch = h.create_batch(file["id"].as_str().unwrap(), "/v1/chat/completions").await;
+    let batch = h
+        .create_batch(file["id"].as_str().unwrap(), "/v1/chat/completions")
+        .await;
     let batch = h.wait_terminal(batch["id"].as_str().unwrap()).await;
     let errors = batch["errors"]["data"].as_array().cloned().unwrap_or_default();
     (batch, errors)
@@ -161,9 +180,14 @@ async fn binary_and_non_utf8_inputs_fail_validation_with_line_numbers() {
 
     // Arbitrary binary, NUL bytes included: stored and returned byte for byte,
     // and refused as batch input.
-    let binary: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let binary: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let response = h.upload(binary.clone(), "blob.bin", "batch").await;
-    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let back = h.http.get(h.url(&format!("/files/{id}/content"))).send().await.unwrap();
     assert_eq!(back.bytes().await.unwrap().as_ref(), binary.as_slice());
     let (batch, errors) = run_input(&h, binary).await;
@@ -178,12 +202,19 @@ async fn binary_and_non_utf8_inputs_fail_validation_with_line_numbers() {
     assert_eq!(codes(&errors), vec![("invalid_json_line".to_owned(), json!(1))]);
 
     // JSON nested far deeper than any parser's stack allows.
-    let deep = format!("{{\"custom_id\":\"d\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{}{}}}", "[".repeat(20_000), "]".repeat(20_000));
+    let deep = format!(
+        "{{\"custom_id\":\"d\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{}{}}}",
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
     let (batch, errors) = run_input(&h, format!("{good}\n{deep}\n[{deep}]\n").into_bytes()).await;
     assert_eq!(batch["status"], "failed");
     assert_eq!(
         codes(&errors),
-        vec![("invalid_type".to_owned(), json!(2)), ("invalid_json_line".to_owned(), json!(3))]
+        vec![
+            ("invalid_type".to_owned(), json!(2)),
+            ("invalid_json_line".to_owned(), json!(3))
+        ]
     );
 
     witness.check(&h).await;
@@ -232,19 +263,31 @@ async fn ids_of_the_wrong_kind_and_odd_ids_are_404() {
         "/batches/%F0%9F%92%A5".to_owned(),
     ];
     for path in &paths {
-        let method = if path.ends_with("/cancel") { reqwest::Method::POST } else { reqwest::Method::GET };
+        let method = if path.ends_with("/cancel") {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::GET
+        };
         let r = h.http.request(method, h.url(path)).send().await.unwrap();
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap_or(Value::Null);
         assert_eq!(status, 404, "{path}: {body}");
         assert_envelope(&body, path);
     }
-    let r = h.http.delete(h.url(&format!("/files/{batch_id}"))).send().await.unwrap();
+    let r = h
+        .http
+        .delete(h.url(&format!("/files/{batch_id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // A batch whose input id names a batch, not a file, fails validation.
     let (status, created) = h
-        .post("/batches", json!({"input_file_id": batch_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .post(
+            "/batches",
+            json!({"input_file_id": batch_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}),
+        )
         .await;
     assert_eq!(status, 200, "{created}");
     let done = h.wait_terminal(created["id"].as_str().unwrap()).await;
