@@ -311,6 +311,10 @@ async fn huge_and_odd_list_parameters_are_400_not_500() {
         format!("/batches?after=batch_{}", "9".repeat(20_000)),
         "/files?after=%00".to_owned(),
         "/files?order=%FF".to_owned(),
+        "/files?order=".to_owned(),
+        "/batches?limit=".to_owned(),
+        "/files?limit=5&limit=7".to_owned(),
+        "/batches?after=a&after=b".to_owned(),
     ] {
         let (status, body) = h.get(&path).await;
         assert_eq!(status, 400, "{}: {body}", &path[..path.len().min(60)]);

@@ -203,7 +203,7 @@ fn check_output_expiry(map: &Map<String, Value>, min_secs: i64) -> ApiResult<i64
             Some("invalid_value"),
         ));
     }
-    match map.get("seconds").and_then(Value::as_i64) {
+    match map.get("seconds").and_then(whole_number) {
         Some(s) if (min_secs..=MAX_EXPIRES_AFTER_SECS).contains(&s) => Ok(s),
         _ => Err(ApiError::bad_request(
             format!(
@@ -213,4 +213,14 @@ fn check_output_expiry(map: &Map<String, Value>, min_secs: i64) -> ApiResult<i64
             Some("invalid_value"),
         )),
     }
+}
+
+/// An integer, also when written as a float with no fraction (`3600.0`): JSON
+/// does not tell the two apart, and neither does JSON Schema's `integer`.
+fn whole_number(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
 }

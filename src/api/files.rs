@@ -164,7 +164,7 @@ fn parse_expires_after(anchor: Option<&str>, seconds: Option<&str>, min_secs: i6
                     Some("invalid_value"),
                 ));
             }
-            match seconds.and_then(|s| s.trim().parse::<i64>().ok()) {
+            match seconds.and_then(parse_whole_number) {
                 Some(s) if (min_secs..=MAX_EXPIRES_AFTER_SECS).contains(&s) => Ok(Some(s)),
                 _ => Err(ApiError::bad_request(
                     format!(
@@ -176,6 +176,17 @@ fn parse_expires_after(anchor: Option<&str>, seconds: Option<&str>, min_secs: i6
             }
         }
     }
+}
+
+/// A form field holding an integer, also written as `3600.0`.
+fn parse_whole_number(text: &str) -> Option<i64> {
+    let text = text.trim();
+    text.parse::<i64>().ok().or_else(|| {
+        text.parse::<f64>()
+            .ok()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
 }
 
 /// Keeps only the last path component, without control characters: the
@@ -194,7 +205,7 @@ fn file_json(record: &FileRecord) -> Response {
 }
 
 pub async fn list(State(app): State<AppState>, Project(project_id): Project, params: Params) -> ApiResult<Response> {
-    let order = match params.string("order") {
+    let order = match params.value("order") {
         None | Some("desc") => Order::Desc,
         Some("asc") => Order::Asc,
         Some(other) => {
