@@ -242,8 +242,14 @@ async fn verify(http: &reqwest::Client, api: &str, batch: &Value, prefix: &str, 
     if batch["status"] == "cancelled" && batch["in_progress_at"].is_null() {
         // Cancelled before validation finished: no lines were taken on, so
         // there are no files and every count is zero (docs/compatibility.md).
-        assert!(batch["output_file_id"].is_null() && batch["error_file_id"].is_null(), "{batch}");
-        assert_eq!(batch["request_counts"], json!({"total": 0, "completed": 0, "failed": 0}));
+        assert!(
+            batch["output_file_id"].is_null() && batch["error_file_id"].is_null(),
+            "{batch}"
+        );
+        assert_eq!(
+            batch["request_counts"],
+            json!({"total": 0, "completed": 0, "failed": 0})
+        );
         return;
     }
     let mut seen: HashMap<usize, usize> = HashMap::new();
