@@ -27,6 +27,12 @@ if $build_only; then
   exit 0
 fi
 
+# cargo-fuzz runs the fuzz targets (scripts/fuzz.sh) with the stable toolchain.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install cargo-fuzz --version 0.13.2 --locked
+fi
+
 # Python SDK suite: a virtualenv inside the checkout, pinned requirements.
 if [ ! -x .venv-compat/bin/python ]; then
   python3 -m venv .venv-compat
