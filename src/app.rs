@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::backends::ModelRegistry;
-use crate::backends::engine_process::EngineProcess;
 use crate::batch::result_writer::ResultWriter;
 use crate::batch::supervisor::Supervisor;
 use crate::batch::{BatchService, Runtime};
 use crate::config::{Config, DEFAULT_MODEL_FILE, DEFAULT_MODEL_NAME, ModelConfig};
 use crate::files::{self, Blobs, FileService};
+use crate::models::ModelManager;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
@@ -43,12 +43,12 @@ impl Server {
                 tracing::warn!(path = %default_model.display(), "no [[models]] configured and no default model installed (scripts/setup-model.sh installs it)");
             }
         }
-        let engines = start_engines(&mut config).await?;
         let Core {
             state,
             supervisor,
             writer,
             writer_task,
+            manager,
         } = Core::open(&config).await?;
         let listener = TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;
@@ -70,9 +70,7 @@ impl Server {
             writer.flush().await;
             drop(writer);
             writer_task.abort();
-            for engine in engines {
-                engine.stop().await;
-            }
+            manager.shutdown().await;
             Ok(())
         });
         tracing::info!(%addr, "batchd listening");
@@ -109,6 +107,7 @@ pub struct Core {
     pub supervisor: Arc<Supervisor>,
     pub writer: ResultWriter,
     pub writer_task: tokio::task::JoinHandle<()>,
+    pub manager: ModelManager,
 }
 
 impl Core {
@@ -118,11 +117,23 @@ impl Core {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?);
         let blobs = Blobs::local(&data_dir.join("blobs"))?;
         let models = ModelRegistry::new(&config.models, &config.execution)?;
+        let engine_exe = match &config.server.engine_exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe()?,
+        };
+        let manager = ModelManager::new(
+            &config.models,
+            config.scheduler.clone(),
+            models.clone(),
+            &engine_exe,
+            &data_dir.join("logs"),
+        );
         let (writer, writer_task) = ResultWriter::spawn(store.clone());
         let runtime = Runtime {
             store: store.clone(),
             blobs: blobs.clone(),
             models: models.clone(),
+            manager: manager.clone(),
             limits: config.limits.clone(),
             writer: writer.clone(),
             shutdown_grace: Duration::from_secs(config.execution.shutdown_grace_secs),
@@ -132,6 +143,7 @@ impl Core {
             files: FileService::new(store.clone(), blobs, config.limits.max_upload_bytes),
             batches: BatchService::new(store, supervisor.clone()),
             models,
+            manager: manager.clone(),
             max_upload_bytes: config.limits.max_upload_bytes,
             completion_windows: config.execution.allowed_completion_windows.clone(),
             min_expires_after_secs: config.limits.min_expires_after_secs,
@@ -141,33 +153,7 @@ impl Core {
             supervisor,
             writer,
             writer_task,
+            manager,
         })
     }
-}
-
-/// Starts an engine process for every model served by the embedded engine and
-/// points the model at it.
-async fn start_engines(config: &mut Config) -> anyhow::Result<Vec<EngineProcess>> {
-    let log_dir = config.server.data_dir.join("logs");
-    let exe = match &config.server.engine_exe {
-        Some(exe) => exe.clone(),
-        None => std::env::current_exe()?,
-    };
-    let mut engines = Vec::new();
-    for model in &mut config.models {
-        let Some(gguf) = model.engine.clone() else { continue };
-        match EngineProcess::start(model, &gguf, &exe, &log_dir).await {
-            Ok(engine) => {
-                model.url = Some(engine.url.clone());
-                engines.push(engine);
-            }
-            Err(e) => {
-                for engine in engines {
-                    engine.stop().await;
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(engines)
 }

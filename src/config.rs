@@ -14,7 +14,42 @@ pub struct Config {
     pub server: ServerConfig,
     pub limits: LimitsConfig,
     pub execution: ExecutionConfig,
+    pub scheduler: SchedulerConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// How managed model servers (`command` or `engine` models) share the
+/// machine, and the order batches run in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Managed models that may be loaded at once (default 1: one GPU).
+    /// Loading another first unloads an idle one.
+    pub max_loaded_models: usize,
+    /// A loaded model with no work is stopped after this many seconds (0: never).
+    pub idle_unload_secs: u64,
+    /// While batches of another model wait for a slot, the loaded model keeps
+    /// taking new batches of its own for at most this long (collating work by
+    /// model saves swaps), then finishes what it runs and makes way.
+    pub max_swap_delay_secs: u64,
+    /// A waiting batch this close to its `expires_at` is urgent: the loaded
+    /// model takes no new batches until the urgent batch's model has run.
+    pub urgency_margin_secs: u64,
+    /// Restarts of a crashed model server while it has work, before its
+    /// remaining lines fail.
+    pub max_restarts: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_loaded_models: 1,
+            idle_unload_secs: 600,
+            max_swap_delay_secs: 300,
+            urgency_margin_secs: 3600,
+            max_restarts: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,9 +152,40 @@ pub struct ModelConfig {
     #[serde(default)]
     pub url: Option<String>,
     /// A GGUF file served by the embedded engine, which batchd starts,
-    /// health-checks and stops itself. Exactly one of `url` and `engine`.
+    /// health-checks and stops itself. Exactly one of `url`, `engine` and
+    /// `command`.
     #[serde(default)]
     pub engine: Option<PathBuf>,
+    /// A shell command that serves this model on `127.0.0.1:{port}` (batchd
+    /// fills in a free port), e.g. `vllm serve ... --port {port}`. batchd
+    /// starts it when work needs it and stops it to make room or when idle.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Managed models: environment variables added for `command`.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Managed models: polled until it answers 2xx before the model counts as loaded.
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    /// Managed models: seconds a start may take (weights loading, compilation).
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_secs: u64,
+    /// Managed models: signal sent to the process group to stop it.
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: String,
+    /// Managed models: a command run instead of sending `stop_signal`.
+    #[serde(default)]
+    pub stop_command: Option<String>,
+    /// Managed models: seconds between the stop signal and SIGKILL.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_secs: u64,
+    /// Managed models with the same device are never loaded at once.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// vLLM sleep mode (`--enable-sleep-mode`): make way for another model by
+    /// `POST /sleep` and come back by `POST /wake_up` instead of a cold restart.
+    #[serde(default)]
+    pub sleep_mode: bool,
     /// Engine only: sequences generated at once (continuous batching slots).
     #[serde(default = "default_engine_parallel")]
     pub engine_parallel: u32,
@@ -133,8 +199,32 @@ pub struct ModelConfig {
     #[serde(default)]
     pub api_key: Option<String>,
     /// Most requests in flight to this backend at once, over all batches.
+    /// The actual limit adapts between `min_concurrency` and this bound.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+    /// The adaptive concurrency limit never goes below this.
+    #[serde(default = "default_min_concurrency")]
+    pub min_concurrency: usize,
+}
+
+fn default_min_concurrency() -> usize {
+    1
+}
+
+fn default_health_path() -> String {
+    "/health".into()
+}
+
+fn default_start_timeout() -> u64 {
+    600
+}
+
+fn default_stop_signal() -> String {
+    "SIGTERM".into()
+}
+
+fn default_stop_grace() -> u64 {
+    30
 }
 
 fn default_max_concurrency() -> usize {
@@ -161,12 +251,36 @@ impl ModelConfig {
             name: name.to_owned(),
             url: None,
             engine: Some(gguf),
+            command: None,
+            env: Default::default(),
+            health_path: default_health_path(),
+            start_timeout_secs: default_start_timeout(),
+            stop_signal: default_stop_signal(),
+            stop_command: None,
+            stop_grace_secs: default_stop_grace(),
+            device: None,
+            sleep_mode: false,
             engine_parallel: default_engine_parallel(),
             engine_ctx_per_seq: default_engine_ctx(),
             engine_threads: None,
             api_key: None,
             max_concurrency: default_max_concurrency(),
+            min_concurrency: default_min_concurrency(),
         }
+    }
+
+    /// A model served by `command` (with `{port}` in it), started on demand.
+    pub fn command(name: &str, command: &str) -> Self {
+        Self {
+            engine: None,
+            command: Some(command.to_owned()),
+            ..Self::engine(name, PathBuf::new())
+        }
+    }
+
+    /// Whether batchd runs this model's server itself.
+    pub fn is_managed(&self) -> bool {
+        self.engine.is_some() || self.command.is_some()
     }
 
     /// A model served by an already-running server at `url`.
@@ -201,21 +315,44 @@ impl Config {
                 "model {:?} is configured twice",
                 model.name
             );
-            match (&model.url, &model.engine) {
-                (Some(url), None) => anyhow::ensure!(
+            match (&model.url, &model.engine, &model.command) {
+                (Some(url), None, None) => anyhow::ensure!(
                     url.starts_with("http://") || url.starts_with("https://"),
                     "model {:?}: url must start with http:// or https://",
                     model.name
                 ),
-                (None, Some(_)) => {}
-                _ => anyhow::bail!("model {:?}: give exactly one of `url` and `engine`", model.name),
+                (None, Some(_), None) => {}
+                (None, None, Some(command)) => anyhow::ensure!(
+                    command.contains("{port}"),
+                    "model {:?}: command must contain {{port}}, where batchd puts the port to serve on",
+                    model.name
+                ),
+                _ => anyhow::bail!(
+                    "model {:?}: give exactly one of `url`, `engine` and `command`",
+                    model.name
+                ),
             }
             anyhow::ensure!(
-                model.max_concurrency > 0,
-                "model {:?}: max_concurrency must be at least 1",
+                model.min_concurrency >= 1 && model.min_concurrency <= model.max_concurrency,
+                "model {:?}: need 1 <= min_concurrency <= max_concurrency",
+                model.name
+            );
+            anyhow::ensure!(
+                crate::models::process::parse_signal(&model.stop_signal).is_some(),
+                "model {:?}: unknown stop_signal {:?}",
+                model.name,
+                model.stop_signal
+            );
+            anyhow::ensure!(
+                model.health_path.starts_with('/'),
+                "model {:?}: health_path must start with /",
                 model.name
             );
         }
+        anyhow::ensure!(
+            self.scheduler.max_loaded_models > 0,
+            "scheduler.max_loaded_models must be at least 1"
+        );
         anyhow::ensure!(
             self.execution.max_attempts > 0,
             "execution.max_attempts must be at least 1"

@@ -15,5 +15,6 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod ids;
+pub mod models;
 pub mod store;
 pub mod testing;

@@ -29,6 +29,7 @@ pub struct AppState {
     pub files: FileService,
     pub batches: BatchService,
     pub models: ModelRegistry,
+    pub manager: crate::models::ModelManager,
     pub max_upload_bytes: u64,
     /// `execution.allowed_completion_windows`.
     pub completion_windows: Vec<String>,

@@ -11,7 +11,8 @@ use crate::config::{ExecutionConfig, ModelConfig};
 
 pub struct Backend {
     pub name: String,
-    base_url: String,
+    /// Changes when a managed model's server is started on a new port.
+    base_url: std::sync::RwLock<Arc<str>>,
     api_key: Option<String>,
     http: reqwest::Client,
     permits: Arc<Semaphore>,
@@ -37,12 +38,9 @@ impl Backend {
     pub fn new(model: &ModelConfig, http: reqwest::Client, execution: &ExecutionConfig) -> Self {
         Self {
             name: model.name.clone(),
-            base_url: model
-                .url
-                .as_deref()
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_owned(),
+            base_url: std::sync::RwLock::new(Arc::from(
+                model.url.as_deref().unwrap_or_default().trim_end_matches('/'),
+            )),
             api_key: model.api_key.clone(),
             http,
             permits: Arc::new(Semaphore::new(model.max_concurrency)),
@@ -50,6 +48,15 @@ impl Backend {
             initial_backoff: Duration::from_millis(execution.retry_initial_backoff_ms),
             max_backoff: Duration::from_millis(execution.retry_max_backoff_ms.max(execution.retry_initial_backoff_ms)),
         }
+    }
+
+    /// Points the backend at a (re)started server, e.g. `http://127.0.0.1:PORT/v1`.
+    pub fn set_base_url(&self, url: &str) {
+        *self.base_url.write().expect("base url lock") = Arc::from(url.trim_end_matches('/'));
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url.read().expect("base url lock"), path)
     }
 
     /// Waits for a free request slot on this backend. Slots are granted in
@@ -65,10 +72,9 @@ impl Backend {
     /// Sends `body` to `path` (relative to the base URL, e.g. `/chat/completions`),
     /// retrying connection errors, timeouts, 408, 429 and 5xx.
     pub async fn send(&self, path: &str, body: Bytes) -> Outcome {
-        let url = format!("{}{}", self.base_url, path);
         let mut attempt = 1;
         loop {
-            let (outcome, retry_after) = self.send_once(&url, body.clone()).await;
+            let (outcome, retry_after) = self.send_once(&self.url(path), body.clone()).await;
             match &outcome {
                 Outcome::Response { status, .. } if !is_retryable(*status) => return outcome,
                 Outcome::Response { status, .. } => {

@@ -4,7 +4,6 @@
 //! per model.
 
 pub mod client;
-pub mod engine_process;
 pub mod usage;
 
 use std::collections::HashMap;

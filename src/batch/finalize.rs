@@ -31,6 +31,10 @@ pub async fn finalize(rt: &Runtime, batch: &BatchRecord, from: BatchStatus, to: 
                 "batch_expired",
                 "This request could not be executed before the completion window expired.",
             ),
+            BatchStatus::Failed => (
+                "model_unavailable",
+                "This request was not executed: the model server could not be started or kept running (see the batch's errors).",
+            ),
             _ => (
                 "batch_cancelled",
                 "This request was not executed because the batch was cancelled.",

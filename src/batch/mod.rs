@@ -31,6 +31,8 @@ pub struct Runtime {
     pub store: Arc<dyn Store>,
     pub blobs: Blobs,
     pub models: ModelRegistry,
+    /// Turns on models, and starting/stopping managed model servers.
+    pub manager: crate::models::ModelManager,
     pub limits: LimitsConfig,
     pub writer: result_writer::ResultWriter,
     /// How long in-flight lines may take to finish when the server stops.

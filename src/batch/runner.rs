@@ -15,7 +15,9 @@ use super::lines::LineReader;
 use super::output_line;
 use super::record::BatchRecord;
 use super::request_line::parse_line;
+use crate::backends::{Backend, Outcome};
 use crate::error::{Error, Result};
+use crate::models::{Lease, ModelManager, TurnRequest};
 use crate::store::LineResult;
 
 /// How a run ended.
@@ -28,6 +30,9 @@ pub enum RunEnd {
     /// The completion window ran out: dispatch stopped, in-flight lines
     /// finished and were stored; the rest never ran.
     Expired,
+    /// The model server could not be started (or restarted after crashes):
+    /// in-flight lines finished; the rest never ran.
+    ModelFailed(String),
 }
 
 /// The moment `expires_at` (Unix seconds) arrives, on tokio's clock.
@@ -57,6 +62,29 @@ pub async fn run(
     let deadline = tokio::time::sleep_until(deadline_of(batch.expires_at));
     tokio::pin!(deadline);
 
+    // Wait for this batch's turn on its model (which may mean starting the
+    // model's server, or waiting for another model's batches to finish).
+    let mut lease = match &backend {
+        None => None,
+        Some(_) => {
+            let turn = rt.manager.turn(TurnRequest {
+                batch_id: batch.id.clone(),
+                model: model.clone(),
+                created_at: batch.created_at,
+                expires_at: batch.expires_at,
+            });
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(RunEnd::Stopped),
+                _ = &mut deadline => return Ok(RunEnd::Expired),
+                turn = turn => match turn {
+                    Ok(lease) => Some(lease),
+                    Err(reason) => return Ok(RunEnd::ModelFailed(reason)),
+                },
+            }
+        }
+    };
+
     let end = loop {
         let line = tokio::select! {
             biased;
@@ -65,6 +93,9 @@ pub async fn run(
             line = reader.next_line() => line,
         };
         let Some(line) = line else { break RunEnd::AllDone };
+        if let Some(reason) = lease.as_ref().and_then(Lease::failure) {
+            break RunEnd::ModelFailed(reason);
+        }
         let line = line.map_err(Error::internal)?;
         while finished.next_if(|&n| n < line.number).is_some() {}
         if finished.next_if_eq(&line.number).is_some() {
@@ -97,8 +128,9 @@ pub async fn run(
         while in_flight.try_join_next().is_some() {}
         let writer = rt.writer.clone();
         let batch_id = batch_id.clone();
+        let (manager, model) = (rt.manager.clone(), model.clone());
         in_flight.spawn(async move {
-            let outcome = backend.send(endpoint.backend_path(), body).await;
+            let outcome = send_surviving_crashes(&backend, &manager, &model, endpoint.backend_path(), body).await;
             let rendered = output_line::from_outcome(&custom_id, &outcome);
             writer.submit(result(&batch_id, line.number, rendered)).await;
             // The slot is held until the result is queued for the writer, so
@@ -106,6 +138,10 @@ pub async fn run(
             drop(permit);
         });
     };
+    // Every line is dispatched: the model's next batch may start while these finish.
+    if let Some(lease) = &mut lease {
+        lease.end_turn();
+    }
     let mut end = end;
     loop {
         tokio::select! {
@@ -125,7 +161,27 @@ pub async fn run(
         }
     }
     rt.writer.flush().await;
+    drop(lease);
     Ok(end)
+}
+
+/// Sends one line. If the model's server died meanwhile, waits for the
+/// manager to restart it and sends again: the line is retried, not lost, and
+/// its result is still stored once.
+async fn send_surviving_crashes(
+    backend: &Backend,
+    manager: &ModelManager,
+    model: &str,
+    path: &str,
+    body: Bytes,
+) -> Outcome {
+    loop {
+        let generation = manager.generation(model);
+        let outcome = backend.send(path, body.clone()).await;
+        if !matches!(outcome, Outcome::Unreachable { .. }) || manager.recover(model, generation).await.is_err() {
+            return outcome;
+        }
+    }
 }
 
 /// Opens the batch's input file as a line reader.

@@ -85,7 +85,8 @@ impl BatchStatus {
         use BatchStatus::*;
         match self {
             Validating => &[],
-            Failed => &[Validating],
+            // From in_progress when the batch's model server cannot be started.
+            Failed => &[Validating, InProgress],
             InProgress => &[Validating],
             Finalizing => &[InProgress],
             Completed => &[Finalizing],

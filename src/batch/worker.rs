@@ -61,6 +61,20 @@ pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals) -> Result<()
                 RunEnd::Expired => {
                     finalize(rt, &batch, BatchStatus::InProgress, BatchStatus::Expired).await?;
                 }
+                RunEnd::ModelFailed(reason) => {
+                    tracing::error!(batch_id = %batch.id, error = %reason, "the batch's model server failed; failing the batch");
+                    let error = BatchError::new(
+                        "model_unavailable",
+                        format!(
+                            "The model server for '{}' could not be started or kept running: {reason}",
+                            batch.model.as_deref().unwrap_or_default()
+                        ),
+                        None,
+                        None,
+                    );
+                    rt.store.set_errors(&batch.id, &[error]).await?;
+                    finalize(rt, &batch, BatchStatus::InProgress, BatchStatus::Failed).await?;
+                }
                 RunEnd::Stopped if signals.shutdown.is_cancelled() => return Ok(()),
                 // Stopped by cancel: the next turn sees `cancelling`.
                 RunEnd::Stopped => {}

@@ -80,6 +80,8 @@ pub trait BatchRepo: Send + Sync {
     async fn transition(&self, id: &str, to: BatchStatus, now: i64) -> Result<bool>;
     /// `validating` -> `failed` with the validation problems.
     async fn fail_validation(&self, id: &str, errors: &[BatchError], now: i64) -> Result<bool>;
+    /// Records batch-level errors (why a running batch is about to fail).
+    async fn set_errors(&self, id: &str, errors: &[BatchError]) -> Result<()>;
     /// `validating` -> `in_progress`, recording the model and the line count.
     async fn start(&self, id: &str, model: &str, total: i64, now: i64) -> Result<bool>;
     async fn request_cancel(&self, project_id: &str, id: &str, now: i64) -> Result<CancelOutcome>;

@@ -207,6 +207,16 @@ impl BatchRepo for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn set_errors(&self, id: &str, errors: &[BatchError]) -> Result<()> {
+        let errors = serde_json::to_string(errors).map_err(Error::internal)?;
+        sqlx::query("UPDATE batches SET errors = ? WHERE id = ?")
+            .bind(errors)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn start(&self, id: &str, model: &str, total: i64, now: i64) -> Result<bool> {
         let to = BatchStatus::InProgress;
         let sql = format!(
