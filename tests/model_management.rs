@@ -190,3 +190,44 @@ async fn starts_that_fail_end_their_batches_with_the_reason() {
         assert!(status["last_error"].as_str().unwrap().contains(reason), "{status}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_mode_swaps_without_a_cold_restart() {
+    let fake = env!("CARGO_BIN_EXE_batchd-fake-backend");
+    let h = Harness::start_with(|c| {
+        c.models = ["sleepy-a", "sleepy-b"]
+            .iter()
+            .map(|name| {
+                let mut m = ModelConfig::command(name, &format!("exec {fake} --listen 127.0.0.1:{{port}}"));
+                m.sleep_mode = true;
+                m.device = Some("gpu0".into());
+                m
+            })
+            .collect();
+        c.scheduler.max_loaded_models = 2;
+    })
+    .await;
+    let run = |prefix: &'static str, model: &'static str| {
+        let h = &h;
+        async move {
+            let file = h.upload_lines(&lines(prefix, model, 5, 4)).await;
+            let batch = h.create_batch(&file, "/v1/chat/completions").await;
+            let done = h.wait_terminal(batch["id"].as_str().unwrap()).await;
+            let output = h.lines_of(&done["output_file_id"]).await;
+            assert_all_succeeded(&done, &output, 5);
+        }
+    };
+    run("a1-", "sleepy-a").await;
+    let a = model_status(&h, "sleepy-a").await;
+    assert_eq!(a["state"], "idle", "{a}");
+    // b shares a's device: a is put to sleep, not stopped.
+    run("b1-", "sleepy-b").await;
+    let asleep = model_status(&h, "sleepy-a").await;
+    assert_eq!(asleep["state"], "sleeping", "{asleep}");
+    assert_eq!(asleep["pid"], a["pid"], "the sleeping server keeps running");
+    run("a2-", "sleepy-a").await;
+    let awake = model_status(&h, "sleepy-a").await;
+    assert_eq!(awake["pid"], a["pid"], "woken, not restarted: {awake}");
+    assert_eq!(awake["loads"], 2);
+    assert_eq!(model_status(&h, "sleepy-b").await["state"], "sleeping");
+}

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::limiter::{Limiter, Signal, Slot};
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{ExecutionConfig, ModelConfig};
 
@@ -15,7 +15,7 @@ pub struct Backend {
     base_url: std::sync::RwLock<Arc<str>>,
     api_key: Option<String>,
     http: reqwest::Client,
-    permits: Arc<Semaphore>,
+    limiter: Arc<Limiter>,
     max_attempts: u32,
     initial_backoff: Duration,
     max_backoff: Duration,
@@ -43,7 +43,7 @@ impl Backend {
             )),
             api_key: model.api_key.clone(),
             http,
-            permits: Arc::new(Semaphore::new(model.max_concurrency)),
+            limiter: Limiter::new(model.min_concurrency, model.max_concurrency),
             max_attempts: execution.max_attempts,
             initial_backoff: Duration::from_millis(execution.retry_initial_backoff_ms),
             max_backoff: Duration::from_millis(execution.retry_max_backoff_ms.max(execution.retry_initial_backoff_ms)),
@@ -60,13 +60,41 @@ impl Backend {
     }
 
     /// Waits for a free request slot on this backend. Slots are granted in
-    /// arrival order (tokio's semaphore is fair).
-    pub async fn acquire(&self) -> OwnedSemaphorePermit {
-        self.permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("backend semaphore is never closed")
+    /// arrival order; how many there are adapts to the backend (`limiter`).
+    pub async fn acquire(&self) -> Slot {
+        self.limiter.acquire().await
+    }
+
+    /// The current adaptive concurrency limit.
+    pub fn concurrency_limit(&self) -> usize {
+        self.limiter.limit()
+    }
+
+    /// Polls the server's Prometheus `/metrics` for vLLM's waiting-request
+    /// gauge (vLLM, SGLang's vLLM-compatible names, batchd's engine) and
+    /// feeds it to the limiter. Servers without it are asked rarely.
+    pub fn spawn_queue_watch(self: &Arc<Self>, every: Duration) {
+        let backend = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut misses = 0u32;
+            loop {
+                let pause = if misses >= 3 { every * 30 } else { every };
+                tokio::time::sleep(pause).await;
+                let Some(backend) = backend.upgrade() else { return };
+                let url = backend.url("").trim_end_matches("/v1").to_owned() + "/metrics";
+                let waiting = match backend.http.get(&url).timeout(Duration::from_secs(2)).send().await {
+                    Ok(r) if r.status().is_success() => r.text().await.ok().and_then(|t| waiting_requests(&t)),
+                    _ => None,
+                };
+                match waiting {
+                    Some(n) => {
+                        misses = 0;
+                        backend.limiter.record_queue(n);
+                    }
+                    None => misses += 1,
+                }
+            }
+        });
     }
 
     /// Sends `body` to `path` (relative to the base URL, e.g. `/chat/completions`),
@@ -75,6 +103,11 @@ impl Backend {
         let mut attempt = 1;
         loop {
             let (outcome, retry_after) = self.send_once(&self.url(path), body.clone()).await;
+            self.limiter.record(match &outcome {
+                Outcome::Response { status: 429 | 503, .. } | Outcome::Unreachable { .. } => Signal::Overload,
+                Outcome::Response { status: 200..=299, .. } => Signal::Success,
+                Outcome::Response { .. } => Signal::Neutral,
+            });
             match &outcome {
                 Outcome::Response { status, .. } if !is_retryable(*status) => return outcome,
                 Outcome::Response { status, .. } => {
@@ -142,6 +175,22 @@ impl Backend {
     }
 }
 
+/// The sum of `vllm:num_requests_waiting` samples in a Prometheus text page.
+fn waiting_requests(page: &str) -> Option<u64> {
+    let mut found = None;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix("vllm:num_requests_waiting") else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let value = rest.rsplit(' ').next()?.parse::<f64>().ok()?;
+        *found.get_or_insert(0) += value as u64;
+    }
+    found
+}
+
 fn is_retryable(status: u16) -> bool {
     status == 408 || status == 429 || status >= 500
 }
@@ -154,5 +203,21 @@ fn describe(e: reqwest::Error) -> String {
         "could not connect to the backend".into()
     } else {
         format!("the connection to the backend failed: {}", e.without_url())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::waiting_requests;
+
+    #[test]
+    fn reads_vllm_waiting_gauge_with_and_without_labels() {
+        let page = "# HELP vllm:num_requests_waiting Requests waiting\n\
+                    vllm:num_requests_waiting{model_name=\"a\"} 3.0\n\
+                    vllm:num_requests_waiting_total 99\n\
+                    vllm:num_requests_waiting{model_name=\"b\"} 2\n";
+        assert_eq!(waiting_requests(page), Some(5));
+        assert_eq!(waiting_requests("vllm:num_requests_waiting 7\n"), Some(7));
+        assert_eq!(waiting_requests("other_metric 1\n"), None);
     }
 }

@@ -4,6 +4,7 @@
 //! per model.
 
 pub mod client;
+pub mod limiter;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -31,10 +32,11 @@ impl ModelRegistry {
         let mut map = HashMap::new();
         let mut order = vec![];
         for model in models {
-            map.insert(
-                model.name.clone(),
-                Arc::new(Backend::new(model, http.clone(), execution)),
-            );
+            let backend = Arc::new(Backend::new(model, http.clone(), execution));
+            if model.min_concurrency < model.max_concurrency {
+                backend.spawn_queue_watch(std::time::Duration::from_secs(1));
+            }
+            map.insert(model.name.clone(), backend);
             order.push(model.name.clone());
         }
         Ok(Self {

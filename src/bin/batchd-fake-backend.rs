@@ -16,13 +16,30 @@ struct Args {
     /// Delay before every answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Behave like a GPU with continuous batching: this many sequences at
+    /// once (the rest queue), `--ms-per-token` per generated token.
+    #[arg(long)]
+    gpu_slots: Option<usize>,
+    #[arg(long, default_value_t = 10.0)]
+    ms_per_token: f64,
+    /// Wait this long before listening, like a server loading its weights.
+    #[arg(long, default_value_t = 0)]
+    startup_ms: u64,
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let backend =
-        batchd::testing::fake_backend::FakeBackend::start(args.listen, Duration::from_millis(args.delay_ms)).await?;
+    use batchd::testing::fake_backend::{FakeBackend, FakeOptions, GpuModel};
+    tokio::time::sleep(Duration::from_millis(args.startup_ms)).await;
+    let options = FakeOptions {
+        delay: Duration::from_millis(args.delay_ms),
+        gpu: args.gpu_slots.map(|slots| GpuModel {
+            slots,
+            ms_per_token: args.ms_per_token,
+        }),
+    };
+    let backend = FakeBackend::start_with(args.listen, options).await?;
     println!("fake backend listening on http://{}", backend.addr);
     std::io::stdout().flush()?;
     tokio::signal::ctrl_c().await?;

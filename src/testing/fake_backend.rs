@@ -6,6 +6,12 @@
 //! - `[status=NNN]`: answer with HTTP NNN and an OpenAI error body;
 //! - `[delay_ms=N]`: wait N ms before answering;
 //! - `[fail_times=N]`: the first N requests with this exact text get 503.
+//!
+//! With `FakeOptions::gpu` it behaves like a GPU server with continuous
+//! batching: at most `slots` requests generate at once, each for
+//! `max_tokens` x `ms_per_token`, and the rest wait in a FIFO queue; `/metrics`
+//! reports vLLM's running and waiting gauges. It also answers vLLM's sleep
+//! mode endpoints (`/sleep`, `/wake_up`, `/is_sleeping`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,11 +32,32 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    /// GPU mode: requests generating now, and waiting for a slot.
+    pub running: AtomicU64,
+    pub waiting: AtomicU64,
+    pub sleeps: AtomicU64,
+    pub wakes: AtomicU64,
+    pub sleeping: std::sync::atomic::AtomicBool,
+}
+
+/// A GPU-like server: `slots` sequences at once, `ms_per_token` per token.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuModel {
+    pub slots: usize,
+    pub ms_per_token: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FakeOptions {
+    /// Delay before every answer (when not in GPU mode).
+    pub delay: Duration,
+    pub gpu: Option<GpuModel>,
 }
 
 #[derive(Clone)]
 struct FakeState {
     delay: Duration,
+    gpu: Option<(GpuModel, Arc<tokio::sync::Semaphore>)>,
     stats: Arc<Stats>,
     attempts: Arc<Mutex<HashMap<String, u64>>>,
 }
@@ -45,9 +72,14 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// Starts on `listen` (port 0 for a free port); every answer waits `delay` first.
     pub async fn start(listen: SocketAddr, delay: Duration) -> std::io::Result<FakeBackend> {
+        Self::start_with(listen, FakeOptions { delay, gpu: None }).await
+    }
+
+    pub async fn start_with(listen: SocketAddr, options: FakeOptions) -> std::io::Result<FakeBackend> {
         let stats = Arc::new(Stats::default());
         let state = FakeState {
-            delay,
+            delay: options.delay,
+            gpu: options.gpu.map(|g| (g, Arc::new(tokio::sync::Semaphore::new(g.slots)))),
             stats: stats.clone(),
             attempts: Arc::default(),
         };
@@ -61,6 +93,10 @@ impl FakeBackend {
                 get(|| async { Json(json!({"object": "list", "data": []})) }),
             )
             .route("/health", get(|| async { "ok" }))
+            .route("/metrics", get(metrics))
+            .route("/sleep", post(sleep))
+            .route("/wake_up", post(wake_up))
+            .route("/is_sleeping", get(is_sleeping))
             .route("/fake/stats", get(stats_handler))
             .with_state(state);
         let listener = TcpListener::bind(listen).await?;
@@ -92,7 +128,54 @@ async fn stats_handler(State(s): State<FakeState>) -> Json<Value> {
         "requests": s.stats.requests.load(Ordering::Relaxed),
         "in_flight": s.stats.in_flight.load(Ordering::Relaxed),
         "max_in_flight": s.stats.max_in_flight.load(Ordering::Relaxed),
+        "sleeps": s.stats.sleeps.load(Ordering::Relaxed),
+        "wakes": s.stats.wakes.load(Ordering::Relaxed),
     }))
+}
+
+async fn metrics(State(s): State<FakeState>) -> String {
+    format!(
+        "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"fake\"}} {}\n\
+         # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"fake\"}} {}\n",
+        s.stats.running.load(Ordering::Relaxed),
+        s.stats.waiting.load(Ordering::Relaxed)
+    )
+}
+
+async fn sleep(State(s): State<FakeState>) -> &'static str {
+    s.stats.sleeping.store(true, Ordering::Relaxed);
+    s.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+    "ok"
+}
+
+async fn wake_up(State(s): State<FakeState>) -> &'static str {
+    s.stats.sleeping.store(false, Ordering::Relaxed);
+    s.stats.wakes.fetch_add(1, Ordering::Relaxed);
+    "ok"
+}
+
+async fn is_sleeping(State(s): State<FakeState>) -> Json<Value> {
+    Json(json!({"is_sleeping": s.stats.sleeping.load(Ordering::Relaxed)}))
+}
+
+/// GPU mode: waits for a slot in FIFO order, then generates `tokens`.
+async fn generate(state: &FakeState, tokens: u64) {
+    let Some((gpu, slots)) = &state.gpu else { return };
+    state.stats.waiting.fetch_add(1, Ordering::Relaxed);
+    let slot = slots.acquire().await.expect("never closed");
+    state.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+    state.stats.running.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(tokens as f64 * gpu.ms_per_token / 1000.0)).await;
+    state.stats.running.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
+}
+
+/// Tokens a request asks to generate (GPU mode), default 16.
+fn max_tokens(body: &Value) -> u64 {
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_u64))
+        .unwrap_or(16)
 }
 
 /// The prompt text of a request, whatever the endpoint.
@@ -141,6 +224,10 @@ async fn script(state: &FakeState, text: &str) -> Result<(), Response> {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    if state.stats.sleeping.load(Ordering::Relaxed) {
+        state.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        return Err(error_response(503));
+    }
     state.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     if let Some(times) = marker(text, "fail_times") {
         let mut attempts = state.attempts.lock().expect("lock");
@@ -172,6 +259,18 @@ async fn chat(State(s): State<FakeState>, Json(body): Json<Value>) -> Response {
         return r;
     }
     let w = words(&text);
+    if s.gpu.is_some() {
+        let tokens = max_tokens(&body);
+        generate(&s, tokens).await;
+        return Json(json!({
+            "id": format!("chatcmpl-{}", s.stats.requests.load(Ordering::Relaxed)),
+            "object": "chat.completion", "created": crate::ids::now(), "model": model_of(&body),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x ".repeat(tokens as usize)},
+                         "finish_reason": "length", "logprobs": null}],
+            "usage": {"prompt_tokens": w, "completion_tokens": tokens, "total_tokens": w + tokens},
+        }))
+        .into_response();
+    }
     Json(json!({
         "id": format!("chatcmpl-{}", s.stats.requests.load(Ordering::Relaxed)),
         "object": "chat.completion", "created": crate::ids::now(), "model": model_of(&body),
