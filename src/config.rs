@@ -385,6 +385,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn example_config_parses() {
+        let config = Config::parse(include_str!("../config.example.toml")).unwrap();
+        assert_eq!(config.scheduler.max_loaded_models, 1);
+        let managed = Config::parse(
+            "[[models]]\nname = \"m\"\ncommand = \"serve --port {port}\"\nsleep_mode = true\ndevice = \"gpu0\"\n",
+        )
+        .unwrap();
+        assert!(managed.models[0].is_managed());
+        assert!(Config::parse("[[models]]\nname = \"m\"\ncommand = \"serve --port 8000\"\n").is_err());
+        assert!(
+            Config::parse("[[models]]\nname = \"m\"\ncommand = \"x {port}\"\nstop_signal = \"SIGNOPE\"\n").is_err()
+        );
+    }
+
+    #[test]
     fn completion_windows_parse() {
         assert_eq!(window_seconds("24h"), Some(86_400));
         assert_eq!(window_seconds("7d"), Some(7 * 86_400));

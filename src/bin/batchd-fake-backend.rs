@@ -25,12 +25,17 @@ struct Args {
     /// Wait this long before listening, like a server loading its weights.
     #[arg(long, default_value_t = 0)]
     startup_ms: u64,
+    /// Append `spawned`, `listening`, `request` and `response` events with
+    /// Unix milliseconds to this file (benchmarks).
+    #[arg(long)]
+    timeline: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    use batchd::testing::fake_backend::{FakeBackend, FakeOptions, GpuModel};
+    use batchd::testing::fake_backend::{FakeBackend, FakeOptions, GpuModel, timeline_event};
+    timeline_event(args.timeline.as_deref(), "spawned");
     tokio::time::sleep(Duration::from_millis(args.startup_ms)).await;
     let options = FakeOptions {
         delay: Duration::from_millis(args.delay_ms),
@@ -38,8 +43,10 @@ async fn main() -> std::io::Result<()> {
             slots,
             ms_per_token: args.ms_per_token,
         }),
+        timeline: args.timeline.clone(),
     };
     let backend = FakeBackend::start_with(args.listen, options).await?;
+    timeline_event(args.timeline.as_deref(), "listening");
     println!("fake backend listening on http://{}", backend.addr);
     std::io::stdout().flush()?;
     tokio::signal::ctrl_c().await?;

@@ -52,12 +52,27 @@ pub struct FakeOptions {
     /// Delay before every answer (when not in GPU mode).
     pub delay: Duration,
     pub gpu: Option<GpuModel>,
+    /// Appends `request <unix_ms>` / `response <unix_ms>` lines (benchmarks).
+    pub timeline: Option<std::path::PathBuf>,
+}
+
+/// Appends one timestamped event to the timeline file, if there is one.
+pub fn timeline_event(path: Option<&std::path::Path>, event: &str) {
+    use std::io::Write;
+    let Some(path) = path else { return };
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{event} {ms}");
+    }
 }
 
 #[derive(Clone)]
 struct FakeState {
     delay: Duration,
     gpu: Option<(GpuModel, Arc<tokio::sync::Semaphore>)>,
+    timeline: Option<Arc<std::path::PathBuf>>,
     stats: Arc<Stats>,
     attempts: Arc<Mutex<HashMap<String, u64>>>,
 }
@@ -72,7 +87,14 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// Starts on `listen` (port 0 for a free port); every answer waits `delay` first.
     pub async fn start(listen: SocketAddr, delay: Duration) -> std::io::Result<FakeBackend> {
-        Self::start_with(listen, FakeOptions { delay, gpu: None }).await
+        Self::start_with(
+            listen,
+            FakeOptions {
+                delay,
+                ..FakeOptions::default()
+            },
+        )
+        .await
     }
 
     pub async fn start_with(listen: SocketAddr, options: FakeOptions) -> std::io::Result<FakeBackend> {
@@ -80,6 +102,7 @@ impl FakeBackend {
         let state = FakeState {
             delay: options.delay,
             gpu: options.gpu.map(|g| (g, Arc::new(tokio::sync::Semaphore::new(g.slots)))),
+            timeline: options.timeline.map(Arc::new),
             stats: stats.clone(),
             attempts: Arc::default(),
         };
@@ -215,6 +238,7 @@ fn words(text: &str) -> u64 {
 
 /// Runs the scripted behaviour; `Err` is the response to send instead of success.
 async fn script(state: &FakeState, text: &str) -> Result<(), Response> {
+    timeline_event(state.timeline.as_deref().map(|p| p.as_path()), "request");
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     let now = state.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     state.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
@@ -262,6 +286,7 @@ async fn chat(State(s): State<FakeState>, Json(body): Json<Value>) -> Response {
     if s.gpu.is_some() {
         let tokens = max_tokens(&body);
         generate(&s, tokens).await;
+        timeline_event(s.timeline.as_deref().map(|p| p.as_path()), "response");
         return Json(json!({
             "id": format!("chatcmpl-{}", s.stats.requests.load(Ordering::Relaxed)),
             "object": "chat.completion", "created": crate::ids::now(), "model": model_of(&body),
