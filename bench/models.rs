@@ -10,9 +10,10 @@
 //!   fixed concurrency equal to the slot count.
 //! - Swap: two `command` models (the fake backend with `--startup-ms`,
 //!   standing in for weights loading) sharing one slot, a batch for each
-//!   queued at once. Prints the time from the last response of model A to the
-//!   first request served by model B, minus B's own start time (spawn to
-//!   listening): what batchd itself adds to a swap.
+//!   queued at once. Prints the time from the last response of the model
+//!   that ran first to the first request served by the other, minus that
+//!   server's own start time (spawn to listening): what batchd itself adds to
+//!   a swap.
 //!
 //! Run: `bench/run.sh models [--lines N] [--slots S] [--ms-per-token T]`
 
@@ -226,11 +227,17 @@ async fn swap(args: &Args, startup_ms: u64) -> (f64, f64) {
         let it = t.iter().filter(|(ev, _)| ev == e).map(|(_, ms)| *ms);
         if last { it.max().unwrap() } else { it.min().unwrap() }
     };
-    let a_last = at(&ta, "response", true);
-    let b_first = at(&tb, "request", false);
-    let b_start = at(&tb, "listening", false) - at(&tb, "spawned", false);
-    let gap = (b_first - a_last) as f64 / 1000.0;
-    (gap, gap - b_start as f64 / 1000.0)
+    // Whichever model validated first ran first.
+    let (first, second) = if at(&ta, "request", false) < at(&tb, "request", false) {
+        (&ta, &tb)
+    } else {
+        (&tb, &ta)
+    };
+    let first_last = at(first, "response", true);
+    let second_first = at(second, "request", false);
+    let second_start = at(second, "listening", false) - at(second, "spawned", false);
+    let gap = (second_first - first_last) as f64 / 1000.0;
+    (gap, gap - second_start as f64 / 1000.0)
 }
 
 #[tokio::main]
