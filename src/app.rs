@@ -50,6 +50,19 @@ impl Server {
             writer_task,
             manager,
         } = Core::open(&config).await?;
+        if !config.server.listen.ip().is_loopback()
+            && !config.server.allow_unauthenticated
+            && !state.keys.required().await?
+        {
+            supervisor.shutdown().await;
+            manager.shutdown().await;
+            anyhow::bail!(
+                "refusing to listen on {} without API keys: anyone who can connect could use the API. \
+                 Create a key first (`batchd keys create --project NAME`), listen on loopback, \
+                 or set server.allow_unauthenticated = true",
+                config.server.listen
+            );
+        }
         let listener = TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -141,9 +154,10 @@ impl Core {
         let supervisor = Supervisor::start(runtime, Duration::from_millis(config.execution.poll_interval_ms));
         let state = AppState {
             files: FileService::new(store.clone(), blobs, config.limits.max_upload_bytes),
-            batches: BatchService::new(store, supervisor.clone()),
+            batches: BatchService::new(store.clone(), supervisor.clone()),
             models,
             manager: manager.clone(),
+            keys: crate::auth::KeyService::new(store.clone()),
             max_upload_bytes: config.limits.max_upload_bytes,
             completion_windows: config.execution.allowed_completion_windows.clone(),
             min_expires_after_secs: config.limits.min_expires_after_secs,

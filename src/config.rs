@@ -62,6 +62,10 @@ pub struct ServerConfig {
     /// The executable that runs `engine` models (`<exe> engine --model ...`).
     /// Default: this batchd binary.
     pub engine_exe: Option<PathBuf>,
+    /// Serve without API keys on a non-loopback address. Off by default:
+    /// until a key exists (`batchd keys create`), anyone who can connect can
+    /// use the API.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             engine_exe: None,
+            allow_unauthenticated: false,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod backends;
 pub mod batch;
 pub mod config;

@@ -30,10 +30,42 @@ enum Command {
         #[arg(long, short, env = "BATCHD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Manage API keys (works while the server runs: same database).
+    Keys {
+        /// Configuration file whose data_dir holds the database.
+        #[arg(long, short, env = "BATCHD_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// The data directory, instead of a configuration file.
+        #[arg(long, global = true, conflicts_with = "config")]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Run the embedded CPU inference engine on a GGUF model (an
     /// OpenAI-compatible server; `batchd serve` starts it by itself).
     #[cfg(feature = "engine")]
     Engine(batchd::engine::EngineArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key for a project and print it, with its secret (shown once), as JSON.
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// May use the admin API (/admin/keys).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List keys (never their secrets) as JSON lines.
+    List {
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Revoke a key by id (`key_...`); requests with it get 401 at once.
+    Revoke { key_id: String },
 }
 
 #[tokio::main]
@@ -54,6 +86,11 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve { config } => serve(config).await,
+        Command::Keys {
+            config,
+            data_dir,
+            action,
+        } => keys(config, data_dir, action).await,
         #[cfg(feature = "engine")]
         Command::Engine(args) => batchd::engine::run(args).await,
     }
@@ -79,6 +116,30 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         stopper.cancel();
     });
     server.wait().await
+}
+
+async fn keys(config: Option<PathBuf>, data_dir: Option<PathBuf>, action: KeysAction) -> anyhow::Result<()> {
+    let data_dir = match (data_dir, config) {
+        (Some(dir), _) => dir,
+        (None, Some(path)) => Config::load(&path)?.server.data_dir,
+        (None, None) => Config::default().server.data_dir,
+    };
+    std::fs::create_dir_all(&data_dir)?;
+    let store = batchd::store::sqlite::SqliteStore::open(&data_dir.join("batchd.db")).await?;
+    let keys = batchd::auth::KeyService::new(std::sync::Arc::new(store));
+    let out = |v: serde_json::Value| println!("{v}");
+    match action {
+        KeysAction::Create { project, name, admin } => {
+            out(serde_json::to_value(keys.create(&project, &name, admin).await?)?)
+        }
+        KeysAction::List { project } => {
+            for key in keys.list(project.as_deref()).await? {
+                out(serde_json::to_value(key)?);
+            }
+        }
+        KeysAction::Revoke { key_id } => out(serde_json::to_value(keys.revoke(&key_id).await?)?),
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

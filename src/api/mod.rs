@@ -2,6 +2,8 @@
 //! parse and check the request, call a service, and render the wire object;
 //! they never touch SQL or stored bytes directly.
 
+pub mod admin;
+pub mod auth;
 pub mod batches;
 pub mod envelope;
 pub mod error;
@@ -30,6 +32,7 @@ pub struct AppState {
     pub batches: BatchService,
     pub models: ModelRegistry,
     pub manager: crate::models::ModelManager,
+    pub keys: crate::auth::KeyService,
     pub max_upload_bytes: u64,
     /// `execution.allowed_completion_windows`.
     pub completion_windows: Vec<String>,
@@ -61,9 +64,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/batches/{batch_id}", get(batches::retrieve))
         .route("/v1/batches/{batch_id}/cancel", post(batches::cancel))
         .route("/v1/models", get(models::list))
+        .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/admin/keys/{key_id}", axum::routing::delete(admin::revoke_key))
         .route("/health", get(|| async { "ok" }))
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.keys.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
         .layer(axum::middleware::from_fn(envelope::openai_errors))
         // Logs method, path, status and latency; never bodies or headers.

@@ -1,13 +1,12 @@
-//! The project (tenant) a request acts for. Every handler takes one, and every
-//! store lookup is scoped by it, so another project's objects are simply not
-//! found. Until API keys exist, every request acts for the default project.
+//! The project (tenant) a request acts for, as the auth middleware
+//! (`api::auth`) established it. Every handler takes one, and every store
+//! lookup is scoped by it, so another project's objects are simply not found.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-
-pub const DEFAULT_PROJECT: &str = "default";
+use crate::auth::DEFAULT_PROJECT;
 
 #[derive(Debug, Clone)]
 pub struct Project(pub String);
@@ -15,7 +14,11 @@ pub struct Project(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for Project {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Project(DEFAULT_PROJECT.to_owned()))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Project>()
+            .cloned()
+            .unwrap_or_else(|| Project(DEFAULT_PROJECT.to_owned())))
     }
 }

@@ -6,6 +6,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
+use crate::auth::ApiKey;
 use crate::batch::record::{BatchError, BatchRecord, Usage};
 use crate::batch::status::BatchStatus;
 use crate::error::Result;
@@ -141,5 +142,17 @@ pub trait ResultRepo: Send + Sync {
 }
 
 /// Everything the services need from persistence.
-pub trait Store: FileRepo + BatchRepo + ResultRepo {}
-impl<T: FileRepo + BatchRepo + ResultRepo> Store for T {}
+/// API keys (see `auth`); only hashes of secrets are stored.
+#[async_trait]
+pub trait KeyRepo: Send + Sync {
+    async fn insert_key(&self, key: &ApiKey, secret_hash: &str) -> Result<()>;
+    async fn active_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
+    async fn any_active_key(&self) -> Result<bool>;
+    /// Oldest first; all projects when `project_id` is `None`.
+    async fn list_keys(&self, project_id: Option<&str>) -> Result<Vec<ApiKey>>;
+    /// Marks the key revoked (revoking twice keeps the first time).
+    async fn revoke_key(&self, id: &str, now: i64) -> Result<Option<ApiKey>>;
+}
+
+pub trait Store: FileRepo + BatchRepo + ResultRepo + KeyRepo {}
+impl<T: FileRepo + BatchRepo + ResultRepo + KeyRepo> Store for T {}

@@ -4,6 +4,7 @@
 
 mod batches;
 mod files;
+mod keys;
 mod results;
 mod write_tx;
 

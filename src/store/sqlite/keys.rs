@@ -1,0 +1,83 @@
+//! `KeyRepo` on SQLite.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::SqliteStore;
+use crate::auth::ApiKey;
+use crate::error::Result;
+use crate::store::KeyRepo;
+
+const COLUMNS: &str = "id, project_id, name, redacted, admin, created_at, revoked_at";
+
+fn key_of(row: &SqliteRow) -> ApiKey {
+    ApiKey {
+        id: row.get("id"),
+        project_id: row.get("project_id"),
+        name: row.get("name"),
+        redacted: row.get("redacted"),
+        admin: row.get::<i64, _>("admin") != 0,
+        created_at: row.get("created_at"),
+        revoked_at: row.get("revoked_at"),
+    }
+}
+
+#[async_trait]
+impl KeyRepo for SqliteStore {
+    async fn insert_key(&self, key: &ApiKey, secret_hash: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, project_id, name, secret_hash, redacted, admin, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.project_id)
+        .bind(&key.name)
+        .bind(secret_hash)
+        .bind(&key.redacted)
+        .bind(key.admin as i64)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn active_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE secret_hash = ? AND revoked_at IS NULL");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(secret_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(key_of))
+    }
+
+    async fn any_active_key(&self) -> Result<bool> {
+        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL) AS any_key")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get::<i64, _>("any_key") != 0)
+    }
+
+    async fn list_keys(&self, project_id: Option<&str>) -> Result<Vec<ApiKey>> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE ?1 IS NULL OR project_id = ?1 ORDER BY seq");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(project_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(key_of).collect())
+    }
+
+    async fn revoke_key(&self, id: &str, now: i64) -> Result<Option<ApiKey>> {
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(key_of))
+    }
+}

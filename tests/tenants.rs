@@ -1,0 +1,270 @@
+//! API keys and tenant isolation: another project's ids are 404 on every
+//! route and never appear in lists; missing, wrong and revoked keys get 401
+//! in OpenAI's envelope; the admin API needs an admin key; without keys,
+//! batchd refuses to listen beyond loopback.
+
+mod common;
+
+use std::process::Command;
+
+use batchd::app::Server;
+use common::{Harness, chat_line, test_config};
+use serde_json::{Value, json};
+
+/// Creates a key with the real CLI, on the running server's database.
+fn create_key(h: &Harness, project: &str, admin: bool) -> Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchd"));
+    cmd.args(["keys", "--data-dir"]).arg(&h.config.server.data_dir).args([
+        "create",
+        "--project",
+        project,
+        "--name",
+        "test",
+    ]);
+    if admin {
+        cmd.arg("--admin");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn call(
+    h: &Harness,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = h.http.request(method, h.url(path));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn upload_as(h: &Harness, key: &str, text: &str) -> String {
+    let form = reqwest::multipart::Form::new().text("purpose", "batch").part(
+        "file",
+        reqwest::multipart::Part::bytes(text.as_bytes().to_vec()).file_name("in.jsonl"),
+    );
+    let r: Value = h
+        .http
+        .post(h.url("/files"))
+        .bearer_auth(key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["id"].as_str().unwrap().to_owned()
+}
+
+fn envelope_401(status: u16, body: &Value, code: Option<&str>) {
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["code"], json!(code));
+}
+
+#[tokio::test]
+async fn every_route_hides_other_projects_and_keys_are_enforced() {
+    use reqwest::Method;
+    let h = Harness::start().await;
+    let p1 = create_key(&h, "p1", false)["secret"].as_str().unwrap().to_owned();
+    let p2 = create_key(&h, "p2", false)["secret"].as_str().unwrap().to_owned();
+    assert!(p1.starts_with("sk-batchd-") && p1.len() > 70);
+
+    let text = format!(
+        "{}\n{}\n",
+        chat_line("a", "fake-model", "hi"),
+        chat_line("b", "fake-model", "[status=400] no")
+    );
+    let file = upload_as(&h, &p1, &text).await;
+    let (_, batch) = call(
+        &h,
+        Method::POST,
+        "/batches",
+        Some(&p1),
+        Some(json!({"input_file_id": file, "endpoint": "/v1/chat/completions", "completion_window": "24h"})),
+    )
+    .await;
+    let batch_id = batch["id"].as_str().unwrap().to_owned();
+    let done = loop {
+        let (_, b) = call(&h, Method::GET, &format!("/batches/{batch_id}"), Some(&p1), None).await;
+        if b["status"] == "completed" {
+            break b;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let output = done["output_file_id"].as_str().unwrap();
+    let error = done["error_file_id"].as_str().unwrap();
+
+    // p2 sees none of it, on every route.
+    for (method, path) in [
+        (Method::GET, format!("/files/{file}")),
+        (Method::GET, format!("/files/{file}/content")),
+        (Method::DELETE, format!("/files/{file}")),
+        (Method::GET, format!("/files/{output}")),
+        (Method::GET, format!("/files/{output}/content")),
+        (Method::GET, format!("/files/{error}/content")),
+        (Method::GET, format!("/batches/{batch_id}")),
+        (Method::POST, format!("/batches/{batch_id}/cancel")),
+    ] {
+        let (status, body) = call(&h, method.clone(), &path, Some(&p2), None).await;
+        assert_eq!(status, 404, "{method} {path} as p2: {body}");
+        assert!(!body.to_string().contains("p1"), "{body}");
+    }
+    for path in ["/files", "/files?purpose=batch_output", "/batches"] {
+        let (status, list) = call(&h, Method::GET, path, Some(&p2), None).await;
+        assert_eq!(status, 200);
+        assert_eq!(list["data"], json!([]), "{path} as p2 shows foreign objects: {list}");
+    }
+    // A batch on another project's file is created (as on OpenAI) but fails:
+    // the file cannot be found.
+    let (status, foreign) = call(
+        &h,
+        Method::POST,
+        "/batches",
+        Some(&p2),
+        Some(json!({"input_file_id": file, "endpoint": "/v1/chat/completions", "completion_window": "24h"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let foreign_id = foreign["id"].as_str().unwrap();
+    let failed = loop {
+        let (_, b) = call(&h, Method::GET, &format!("/batches/{foreign_id}"), Some(&p2), None).await;
+        if b["status"] == "failed" {
+            break b;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(failed["errors"]["data"][0]["code"], "invalid_request");
+    // p1 still has everything, and sees nothing of p2's.
+    let (status, _) = call(&h, Method::GET, &format!("/files/{file}/content"), Some(&p1), None).await;
+    assert_eq!(status, 200);
+    let (_, list) = call(&h, Method::GET, "/batches", Some(&p1), None).await;
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![batch_id.as_str()]);
+
+    // No key, a wrong key, a revoked key: 401 with OpenAI's envelope.
+    let (status, body) = call(&h, Method::GET, "/files", None, None).await;
+    envelope_401(status, &body, None);
+    let (status, body) = call(
+        &h,
+        Method::GET,
+        "/batches",
+        Some("sk-batchd-not-a-real-key-0000000000"),
+        None,
+    )
+    .await;
+    envelope_401(status, &body, Some("invalid_api_key"));
+    assert!(
+        !body.to_string().contains("not-a-real-key-0000000000"),
+        "the key is echoed redacted only: {body}"
+    );
+    let p2_id = {
+        let out = Command::new(env!("CARGO_BIN_EXE_batchd"))
+            .args(["keys", "--data-dir"])
+            .arg(&h.config.server.data_dir)
+            .args(["list", "--project", "p2"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.contains(&p2), "lists never show secrets");
+        serde_json::from_str::<Value>(text.lines().next().unwrap()).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .args(["keys", "--data-dir"])
+        .arg(&h.config.server.data_dir)
+        .args(["revoke", &p2_id])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (status, body) = call(&h, Method::GET, "/files", Some(&p2), None).await;
+    envelope_401(status, &body, Some("invalid_api_key"));
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_an_admin_key() {
+    use reqwest::Method;
+    let h = Harness::start().await;
+    let user = create_key(&h, "p1", false)["secret"].as_str().unwrap().to_owned();
+    let admin = create_key(&h, "ops", true)["secret"].as_str().unwrap().to_owned();
+    let admin_url = |p: &str| format!("{}{p}", h.base.trim_end_matches("/v1"));
+    let r = h
+        .http
+        .get(admin_url("/admin/keys"))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = h.http.get(admin_url("/admin/keys")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let created: Value = h
+        .http
+        .post(admin_url("/admin/keys"))
+        .bearer_auth(&admin)
+        .json(&json!({"project_id": "p3", "name": "from the api"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["secret"].as_str().unwrap();
+    let (status, _) = call(&h, Method::GET, "/files", Some(secret), None).await;
+    assert_eq!(status, 200);
+    let list: Value = h
+        .http
+        .get(admin_url("/admin/keys"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
+    assert!(!list.to_string().contains(secret) && !list.to_string().contains("\"secret\""));
+    let revoked: Value = h
+        .http
+        .delete(admin_url(&format!("/admin/keys/{}", created["id"].as_str().unwrap())))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(revoked["revoked_at"].is_i64());
+    let (status, _) = call(&h, Method::GET, "/files", Some(secret), None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn without_keys_batchd_listens_on_loopback_only_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), "http://127.0.0.1:9/v1");
+    config.server.listen = "0.0.0.0:0".parse().unwrap();
+    let refused = Server::start(config.clone()).await.err().expect("must refuse");
+    assert!(refused.to_string().contains("without API keys"), "{refused}");
+    config.server.allow_unauthenticated = true;
+    let server = Server::start(config).await.unwrap();
+    server.shutdown().await.unwrap();
+}
