@@ -69,6 +69,7 @@ impl Server {
         let shutdown_signal = stop.clone();
         let sweeper = files::sweeper::spawn(
             state.files.clone(),
+            state.uploads.clone(),
             Duration::from_millis(config.execution.file_sweep_interval_ms),
             stop.clone(),
         );
@@ -153,11 +154,16 @@ impl Core {
         };
         let supervisor = Supervisor::start(runtime, Duration::from_millis(config.execution.poll_interval_ms));
         let state = AppState {
-            files: FileService::new(store.clone(), blobs, config.limits.max_upload_bytes),
+            files: FileService::new(store.clone(), blobs.clone(), config.limits.max_upload_bytes),
             batches: BatchService::new(store.clone(), supervisor.clone()),
             models,
             manager: manager.clone(),
             keys: crate::auth::KeyService::new(store.clone()),
+            uploads: crate::files::uploads::UploadService::new(
+                store.clone(),
+                blobs.clone(),
+                FileService::new(store.clone(), blobs.clone(), config.limits.max_upload_bytes),
+            ),
             max_upload_bytes: config.limits.max_upload_bytes,
             completion_windows: config.execution.allowed_completion_windows.clone(),
             min_expires_after_secs: config.limits.min_expires_after_secs,

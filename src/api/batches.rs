@@ -217,7 +217,7 @@ fn check_output_expiry(map: &Map<String, Value>, min_secs: i64) -> ApiResult<i64
 
 /// An integer, also when written as a float with no fraction (`3600.0`): JSON
 /// does not tell the two apart, and neither does JSON Schema's `integer`.
-fn whole_number(v: &Value) -> Option<i64> {
+pub(super) fn whole_number(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| {
         v.as_f64()
             .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)

@@ -128,7 +128,7 @@ fn missing(name: &str) -> ApiError {
     )
 }
 
-fn malformed(e: axum::extract::multipart::MultipartError) -> ApiError {
+pub(super) fn malformed(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::bad_request(
         format!("The multipart body could not be parsed: {}", e.body_text()),
         None,
@@ -191,7 +191,7 @@ fn parse_whole_number(text: &str) -> Option<i64> {
 
 /// Keeps only the last path component, without control characters: the
 /// filename is metadata, but clients may show it or save downloads under it.
-fn clean_filename(raw: &str) -> String {
+pub(super) fn clean_filename(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
     match cleaned.as_str() {

@@ -11,6 +11,7 @@ pub mod files;
 pub mod models;
 pub mod project;
 pub mod query;
+pub mod uploads;
 pub mod wire;
 
 use axum::Router;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub models: ModelRegistry,
     pub manager: crate::models::ModelManager,
     pub keys: crate::auth::KeyService,
+    pub uploads: crate::files::uploads::UploadService,
     pub max_upload_bytes: u64,
     /// `execution.allowed_completion_windows`.
     pub completion_windows: Vec<String>,
@@ -60,6 +62,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/files/{file_id}", get(files::retrieve).delete(files::delete))
         .route("/v1/files/{file_id}/content", get(files::content))
+        .route("/v1/uploads", post(uploads::create))
+        .route(
+            "/v1/uploads/{upload_id}/parts",
+            // Parts stream to storage, bounded at 64 MB while they stream.
+            post(uploads::add_part).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/uploads/{upload_id}/complete", post(uploads::complete))
+        .route("/v1/uploads/{upload_id}/cancel", post(uploads::cancel))
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{batch_id}", get(batches::retrieve))
         .route("/v1/batches/{batch_id}/cancel", post(batches::cancel))

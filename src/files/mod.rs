@@ -5,6 +5,7 @@ pub mod blobs;
 pub mod record;
 pub mod service;
 pub mod sweeper;
+pub mod uploads;
 
 pub use blobs::Blobs;
 pub use record::{FileRecord, Purpose};

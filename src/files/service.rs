@@ -66,6 +66,23 @@ impl FileService {
         Ok(StagedFile { id, storage_key, bytes })
     }
 
+    /// Like `stage`, with a limit of its own (assembled uploads are bounded
+    /// by their declared size, not by `max_upload_bytes`).
+    pub async fn stage_limited<S, E>(&self, body: S, limit: u64) -> Result<StagedFile>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let id = ids::file_id();
+        let storage_key = format!("uploads/{id}");
+        let bytes = self
+            .blobs
+            .put_stream(&storage_key, body, limit)
+            .await
+            .map_err(|e| blob_error(e, "file"))?;
+        Ok(StagedFile { id, storage_key, bytes })
+    }
+
     /// Removes staged bytes that will not become a file.
     pub async fn discard(&self, staged: StagedFile) {
         if let Err(e) = self.blobs.delete(&staged.storage_key).await {

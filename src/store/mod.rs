@@ -154,5 +154,42 @@ pub trait KeyRepo: Send + Sync {
     async fn revoke_key(&self, id: &str, now: i64) -> Result<Option<ApiKey>>;
 }
 
-pub trait Store: FileRepo + BatchRepo + ResultRepo + KeyRepo {}
-impl<T: FileRepo + BatchRepo + ResultRepo + KeyRepo> Store for T {}
+/// Uploads API state: uploads and their parts (bytes are in blobs).
+#[async_trait]
+pub trait UploadRepo: Send + Sync {
+    async fn insert_upload(&self, upload: &UploadRecord) -> Result<()>;
+    async fn get_upload(&self, project_id: &str, id: &str) -> Result<Option<UploadRecord>>;
+    async fn insert_part(&self, part: &UploadPart) -> Result<()>;
+    async fn parts(&self, upload_id: &str) -> Result<Vec<UploadPart>>;
+    /// Compare-and-set from `pending`; `file_id` is set on completion.
+    async fn finish_upload(&self, id: &str, status: &str, file_id: Option<&str>) -> Result<bool>;
+    /// Pending uploads past their `expires_at`.
+    async fn expired_uploads(&self, now: i64) -> Result<Vec<UploadRecord>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadRecord {
+    pub id: String,
+    pub project_id: String,
+    pub filename: String,
+    pub purpose: String,
+    pub mime_type: String,
+    pub bytes: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub status: String,
+    pub file_expires_after: Option<i64>,
+    pub file_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadPart {
+    pub id: String,
+    pub upload_id: String,
+    pub bytes: i64,
+    pub created_at: i64,
+    pub storage_key: String,
+}
+
+pub trait Store: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo {}
+impl<T: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo> Store for T {}

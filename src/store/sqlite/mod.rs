@@ -6,6 +6,7 @@ mod batches;
 mod files;
 mod keys;
 mod results;
+mod uploads;
 mod write_tx;
 
 use std::path::Path;

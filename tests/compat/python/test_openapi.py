@@ -291,6 +291,24 @@ def test_files_upload_retrieve_list_content_delete(api):
     api.call("get", "/v1/files/{file_id}", 404, path={"file_id": g["id"]})
 
 
+def test_uploads_create_parts_complete_cancel(api):
+    a, b = b'{"k":1}\n', b'{"k":2}\n'
+    up = api.call("post", "/v1/uploads", 200, json={"bytes": len(a) + len(b), "filename": "u.jsonl", "mime_type": "txt", "purpose": "batch"}).json()
+    assert up["status"] == "pending" and up["file"] is None
+    ids = [
+        api.call("post", "/v1/uploads/{upload_id}/parts", 200, path={"upload_id": up["id"]}, files={"data": ("upload", part)}).json()["id"]
+        for part in (a, b)
+    ]
+    done = api.call("post", "/v1/uploads/{upload_id}/complete", 200, path={"upload_id": up["id"]}, json={"part_ids": ids}).json()
+    assert done["status"] == "completed" and done["file"]["bytes"] == len(a) + len(b)
+    api.call("post", "/v1/uploads/{upload_id}/cancel", 409, path={"upload_id": up["id"]})
+    other = api.call("post", "/v1/uploads", 200, json={"bytes": 5, "filename": "c.jsonl", "mime_type": "txt", "purpose": "batch"}).json()
+    assert api.call("post", "/v1/uploads/{upload_id}/cancel", 200, path={"upload_id": other["id"]}).json()["status"] == "cancelled"
+    api.call("post", "/v1/uploads/{upload_id}/parts", 404, path={"upload_id": "upload_none"}, files={"data": ("upload", b"x")})
+    api.call("post", "/v1/uploads/{upload_id}/complete", 404, path={"upload_id": "upload_none"}, json={"part_ids": []})
+    api.call("post", "/v1/uploads", 400, json={"filename": "x"})
+
+
 def test_file_errors(api):
     missing = {"file_id": "file-doesnotexist000000000"}
     r = api.call("get", "/v1/files/{file_id}", 404, path=missing)
