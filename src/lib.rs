@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod ids;
+pub mod metrics;
 pub mod models;
 pub mod store;
 pub mod testing;

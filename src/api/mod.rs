@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{key_id}", axum::routing::delete(admin::revoke_key))
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(models::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(

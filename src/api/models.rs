@@ -26,3 +26,23 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
         .collect();
     Json(json!({"object": "list", "data": data}))
 }
+
+/// `GET /metrics`: Prometheus text format (see `crate::metrics`).
+pub async fn metrics(State(app): State<AppState>) -> Result<String, super::error::ApiError> {
+    let models = app
+        .models
+        .names()
+        .map(|name| crate::metrics::ModelSnapshot {
+            name: name.to_owned(),
+            waiting_batches: app.manager.waiting(name),
+            running_batches: app.manager.status(name).map_or(0, |s| s.running_batches),
+            loads: app.manager.status(name).map_or(0, |s| s.loads),
+            concurrency_limit: app.models.get(name).map_or(0, |b| b.concurrency_limit()),
+        })
+        .collect();
+    let snapshot = crate::metrics::Snapshot {
+        batches_by_status: app.batches.count_by_status().await?,
+        models,
+    };
+    Ok(crate::metrics::render(snapshot))
+}

@@ -102,7 +102,12 @@ impl Backend {
     pub async fn send(&self, path: &str, body: Bytes) -> Outcome {
         let mut attempt = 1;
         loop {
+            let started = std::time::Instant::now();
             let (outcome, retry_after) = self.send_once(&self.url(path), body.clone()).await;
+            crate::metrics::METRICS
+                .backend_latency
+                .get_or_create(&crate::metrics::labels(&[("model", &self.name)]))
+                .observe(started.elapsed().as_secs_f64());
             self.limiter.record(match &outcome {
                 Outcome::Response { status: 429 | 503, .. } | Outcome::Unreachable { .. } => Signal::Overload,
                 Outcome::Response { status: 200..=299, .. } => Signal::Success,

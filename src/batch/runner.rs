@@ -132,6 +132,7 @@ pub async fn run(
         in_flight.spawn(async move {
             let outcome = send_surviving_crashes(&backend, &manager, &model, endpoint.backend_path(), body).await;
             let rendered = output_line::from_outcome(&custom_id, &outcome);
+            count(&model, &rendered);
             writer.submit(result(&batch_id, line.number, rendered)).await;
             // The slot is held until the result is queued for the writer, so
             // results waiting in memory never exceed the concurrency.
@@ -214,4 +215,22 @@ pub(super) fn result(batch_id: &str, line: u64, rendered: output_line::Rendered)
         output_line: rendered.line,
         usage: rendered.usage,
     }
+}
+
+/// Lines and tokens for `/metrics`.
+fn count(model: &str, rendered: &output_line::Rendered) {
+    use crate::metrics::{METRICS, labels};
+    let outcome = if rendered.is_error { "failed" } else { "completed" };
+    METRICS
+        .lines
+        .get_or_create(&labels(&[("model", model), ("outcome", outcome)]))
+        .inc();
+    let tokens = |direction, n: i64| {
+        METRICS
+            .tokens
+            .get_or_create(&labels(&[("model", model), ("direction", direction)]))
+            .inc_by(n.max(0) as u64);
+    };
+    tokens("input", rendered.usage.input_tokens);
+    tokens("output", rendered.usage.output_tokens);
 }

@@ -66,6 +66,10 @@ impl BatchService {
         Ok(batch)
     }
 
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>> {
+        self.store.count_by_status().await
+    }
+
     pub async fn get(&self, project_id: &str, id: &str) -> Result<BatchRecord> {
         self.store.get_batch(project_id, id).await?.ok_or_else(|| not_found(id))
     }

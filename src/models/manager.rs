@@ -217,6 +217,16 @@ impl ModelManager {
         }
     }
 
+    /// Batches waiting for a turn on `model`.
+    pub fn waiting(&self, model: &str) -> usize {
+        self.inner
+            .lock()
+            .waiting
+            .iter()
+            .filter(|w| w.request.model == model)
+            .count()
+    }
+
     pub fn status(&self, model: &str) -> Option<ModelStatus> {
         let managed = self.inner.specs.get(model)?.launch.is_some();
         let state = self.inner.lock();

@@ -76,6 +76,8 @@ pub trait BatchRepo: Send + Sync {
     ) -> Result<Option<Page<BatchRecord>>>;
     /// Batches a worker must still move forward, oldest first.
     async fn active_batches(&self) -> Result<Vec<BatchRecord>>;
+    /// How many batches have each status (all projects; for metrics).
+    async fn count_by_status(&self) -> Result<Vec<(String, i64)>>;
     /// Compare-and-set status change that stamps the new status's timestamp.
     /// Returns false if the batch was not in one of `to.allowed_from()`.
     async fn transition(&self, id: &str, to: BatchStatus, now: i64) -> Result<bool>;

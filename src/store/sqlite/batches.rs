@@ -160,6 +160,13 @@ impl BatchRepo for SqliteStore {
         Ok(Some(Page { items, has_more }))
     }
 
+    async fn count_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM batches GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows)
+    }
+
     async fn active_batches(&self) -> Result<Vec<BatchRecord>> {
         let statuses: Vec<String> = BatchStatus::ACTIVE
             .iter()
