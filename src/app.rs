@@ -49,6 +49,7 @@ impl Server {
             writer,
             writer_task,
             manager,
+            store,
         } = Core::open(&config).await?;
         if !config.server.listen.ip().is_loopback()
             && !config.server.allow_unauthenticated
@@ -73,6 +74,12 @@ impl Server {
             Duration::from_millis(config.execution.file_sweep_interval_ms),
             stop.clone(),
         );
+        let webhooks = crate::webhooks::dispatcher::spawn(
+            store,
+            config.webhooks.clone(),
+            config.webhook_delivery.clone(),
+            stop.clone(),
+        );
         let done = tokio::spawn(async move {
             axum::serve(listener, api::router(state))
                 .with_graceful_shutdown(async move { shutdown_signal.cancelled().await })
@@ -80,6 +87,7 @@ impl Server {
             // Order matters: no new requests, then workers finish their in-flight
             // lines, then every queued result is committed.
             let _ = sweeper.await;
+            let _ = webhooks.await;
             supervisor.shutdown().await;
             writer.flush().await;
             drop(writer);
@@ -122,6 +130,7 @@ pub struct Core {
     pub writer: ResultWriter,
     pub writer_task: tokio::task::JoinHandle<()>,
     pub manager: ModelManager,
+    pub store: Arc<dyn Store>,
 }
 
 impl Core {
@@ -174,6 +183,7 @@ impl Core {
             writer,
             writer_task,
             manager,
+            store,
         })
     }
 }

@@ -16,6 +16,46 @@ pub struct Config {
     pub execution: ExecutionConfig,
     pub scheduler: SchedulerConfig,
     pub models: Vec<ModelConfig>,
+    /// Webhook endpoints, per project.
+    pub webhooks: Vec<WebhookConfig>,
+    pub webhook_delivery: WebhookDeliveryConfig,
+}
+
+/// Where a project's batch events (`batch.completed`, `batch.failed`,
+/// `batch.cancelled`, `batch.expired`) are POSTed, signed as OpenAI does
+/// (Standard Webhooks).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The project (API key tenant); `default` while no keys exist.
+    pub project: String,
+    pub url: String,
+    /// `whsec_` + base64, as OpenAI issues them (the SDKs verify with it).
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookDeliveryConfig {
+    /// Deliver to loopback, private and link-local addresses. Off by default,
+    /// so a project's webhook URL cannot reach into the server's network.
+    pub allow_private_addresses: bool,
+    /// First retry delay; it doubles up to an hour between attempts.
+    pub retry_initial_secs: f64,
+    /// Events not delivered within this many hours are given up (OpenAI: 72).
+    pub max_age_hours: u64,
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhookDeliveryConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_addresses: false,
+            retry_initial_secs: 5.0,
+            max_age_hours: 72,
+            timeout_secs: 10,
+        }
+    }
 }
 
 /// How managed model servers (`command` or `engine` models) share the
@@ -352,6 +392,18 @@ impl Config {
                 model.health_path.starts_with('/'),
                 "model {:?}: health_path must start with /",
                 model.name
+            );
+        }
+        for hook in &self.webhooks {
+            anyhow::ensure!(
+                hook.url.starts_with("http://") || hook.url.starts_with("https://"),
+                "webhook for project {:?}: url must start with http:// or https://",
+                hook.project
+            );
+            anyhow::ensure!(
+                crate::webhooks::signing::key_of(&hook.secret).is_some(),
+                "webhook for project {:?}: secret must be whsec_ followed by base64",
+                hook.project
             );
         }
         anyhow::ensure!(

@@ -20,3 +20,4 @@ pub mod metrics;
 pub mod models;
 pub mod store;
 pub mod testing;
+pub mod webhooks;

@@ -193,5 +193,25 @@ pub struct UploadPart {
     pub storage_key: String,
 }
 
-pub trait Store: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo {}
-impl<T: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo> Store for T {}
+/// The webhook outbox (rows are written by `BatchRepo`'s terminal transitions).
+#[async_trait]
+pub trait EventRepo: Send + Sync {
+    /// Undelivered events whose next attempt is due, oldest first.
+    async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<WebhookEvent>>;
+    async fn event_delivered(&self, id: &str, now: i64) -> Result<()>;
+    async fn event_failed(&self, id: &str, error: &str, next_attempt_at: Option<i64>, now: i64) -> Result<()>;
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookEvent {
+    pub id: String,
+    pub webhook_id: String,
+    pub project_id: String,
+    pub kind: String,
+    pub batch_id: String,
+    pub created_at: i64,
+    pub attempts: i64,
+}
+
+pub trait Store: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo + EventRepo {}
+impl<T: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo + EventRepo> Store for T {}

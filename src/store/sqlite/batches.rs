@@ -204,14 +204,21 @@ impl BatchRepo for SqliteStore {
             stamp_clause(to),
             from_clause(to)
         );
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(to.as_str())
             .bind(id)
             .bind(errors)
-            .execute(&self.pool)
+            .execute(tx.conn())
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        record_event(tx.conn(), id, to, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn set_errors(&self, id: &str, errors: &[BatchError]) -> Result<()> {
@@ -303,7 +310,33 @@ impl BatchRepo for SqliteStore {
                 .execute(tx.conn())
                 .await?;
         }
+        record_event(tx.conn(), id, to, now).await?;
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// Queues the webhook event of a terminal transition, in the transition's own
+/// transaction: the event exists if and only if the batch ended.
+async fn record_event(conn: &mut sqlx::SqliteConnection, batch_id: &str, to: BatchStatus, now: i64) -> Result<()> {
+    let kind = match to {
+        BatchStatus::Completed => "batch.completed",
+        BatchStatus::Failed => "batch.failed",
+        BatchStatus::Cancelled => "batch.cancelled",
+        BatchStatus::Expired => "batch.expired",
+        _ => return Ok(()),
+    };
+    sqlx::query(
+        "INSERT INTO webhook_events (id, webhook_id, project_id, type, batch_id, created_at, next_attempt_at)
+         SELECT ?, ?, project_id, ?, id, ?, ? FROM batches WHERE id = ?",
+    )
+    .bind(format!("evt_{}", uuid::Uuid::new_v4().simple()))
+    .bind(format!("wh_{}", uuid::Uuid::new_v4().simple()))
+    .bind(kind)
+    .bind(now)
+    .bind(now)
+    .bind(batch_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! commits.
 
 mod batches;
+mod events;
 mod files;
 mod keys;
 mod results;

@@ -1,0 +1,151 @@
+//! Delivers queued batch events to each project's endpoint: POST with the
+//! event envelope and Standard Webhooks headers, retried with exponential
+//! backoff (doubling from `retry_initial_secs`, at most an hour apart) until
+//! a 2xx or `max_age_hours`. The outbox lives in the database, so pending
+//! deliveries survive restarts; `webhook-id` is the same on every attempt.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::address::is_public;
+use super::signing::{key_of, signature};
+use crate::config::{WebhookConfig, WebhookDeliveryConfig};
+use crate::ids;
+use crate::metrics::{METRICS, labels};
+use crate::store::{Store, WebhookEvent};
+
+pub fn spawn(
+    store: Arc<dyn Store>,
+    hooks: Vec<WebhookConfig>,
+    cfg: WebhookDeliveryConfig,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match store.due_events(ids::now(), 50).await {
+                Ok(events) => {
+                    for event in events {
+                        deliver(store.as_ref(), &hooks, &cfg, &event).await;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not read the webhook outbox"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    })
+}
+
+enum Attempt {
+    Delivered,
+    /// Worth retrying.
+    Failed(String),
+    /// Will never work (no endpoint, forbidden address).
+    Refused(String),
+}
+
+async fn deliver(store: &dyn Store, hooks: &[WebhookConfig], cfg: &WebhookDeliveryConfig, event: &WebhookEvent) {
+    let attempt = match hooks.iter().find(|h| h.project == event.project_id) {
+        None => Attempt::Refused("no webhook endpoint is configured for the project".into()),
+        Some(hook) => attempt(hook, cfg, event).await,
+    };
+    let now = ids::now();
+    let (outcome, result) = match attempt {
+        Attempt::Delivered => ("delivered", store.event_delivered(&event.id, now).await),
+        Attempt::Refused(why) => {
+            tracing::warn!(event_id = %event.id, project_id = %event.project_id, reason = %why, "webhook not delivered");
+            ("refused", store.event_failed(&event.id, &why, None, now).await)
+        }
+        Attempt::Failed(why) => {
+            let age = now - event.created_at;
+            let next = if age >= cfg.max_age_hours as i64 * 3600 {
+                tracing::warn!(event_id = %event.id, attempts = event.attempts + 1, "webhook given up after max_age_hours");
+                None
+            } else {
+                let delay = (cfg.retry_initial_secs * 2f64.powi(event.attempts.min(20) as i32)).min(3600.0);
+                Some(now + delay.ceil().max(1.0) as i64)
+            };
+            tracing::info!(event_id = %event.id, attempts = event.attempts + 1, error = %why, "webhook delivery failed; will retry");
+            ("failed", store.event_failed(&event.id, &why, next, now).await)
+        }
+    };
+    METRICS
+        .webhook_deliveries
+        .get_or_create(&labels(&[("outcome", outcome)]))
+        .inc();
+    if let Err(e) = result {
+        tracing::error!(event_id = %event.id, error = %e, "could not record a webhook attempt");
+    }
+}
+
+async fn attempt(hook: &WebhookConfig, cfg: &WebhookDeliveryConfig, event: &WebhookEvent) -> Attempt {
+    let Ok(url) = reqwest::Url::parse(&hook.url) else {
+        return Attempt::Refused("the webhook url does not parse".into());
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Attempt::Refused("the webhook url has no host".into());
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => return Attempt::Failed(format!("cannot resolve the webhook host: {e}")),
+    };
+    let Some(addr) = addrs.first().copied() else {
+        return Attempt::Failed("the webhook host has no address".into());
+    };
+    if !cfg.allow_private_addresses && addrs.iter().any(|a| !is_public(a.ip())) {
+        return Attempt::Refused(format!(
+            "{host} resolves to a private or loopback address; set webhook_delivery.allow_private_addresses to allow it"
+        ));
+    }
+    let Some(key) = key_of(&hook.secret) else {
+        return Attempt::Refused("the webhook secret is not whsec_ + base64".into());
+    };
+    let body = json!({
+        "id": event.id,
+        "object": "event",
+        "type": event.kind,
+        "created_at": event.created_at,
+        "data": {"id": event.batch_id},
+    })
+    .to_string();
+    let timestamp = ids::now();
+    // Pinned to the address just checked, so a second DNS answer cannot
+    // point the request somewhere else.
+    let client = match reqwest::Client::builder()
+        .resolve(&host, addr)
+        .timeout(Duration::from_secs(cfg.timeout_secs))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => return Attempt::Failed(e.to_string()),
+    };
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("batchd/", env!("CARGO_PKG_VERSION"), " (webhooks)"),
+        )
+        .header("webhook-id", &event.webhook_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            signature(&key, &event.webhook_id, timestamp, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await;
+    match response {
+        Ok(r) if r.status().is_success() => Attempt::Delivered,
+        Ok(r) => Attempt::Failed(format!("the endpoint answered {}", r.status())),
+        Err(e) => Attempt::Failed(format!("the request failed: {}", e.without_url())),
+    }
+}
