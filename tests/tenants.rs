@@ -116,6 +116,7 @@ async fn every_route_hides_other_projects_and_keys_are_enforced() {
         (Method::GET, format!("/files/{error}/content")),
         (Method::GET, format!("/batches/{batch_id}")),
         (Method::POST, format!("/batches/{batch_id}/cancel")),
+        (Method::GET, format!("/batches/{batch_id}/stats")),
     ] {
         let (status, body) = call(&h, method.clone(), &path, Some(&p2), None).await;
         assert_eq!(status, 404, "{method} {path} as p2: {body}");
@@ -157,6 +158,26 @@ async fn every_route_hides_other_projects_and_keys_are_enforced() {
         .map(|b| b["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![batch_id.as_str()]);
+
+    // Uploads are per project too.
+    let (_, upload) = call(
+        &h,
+        Method::POST,
+        "/uploads",
+        Some(&p1),
+        Some(json!({"bytes": 3, "filename": "u.jsonl", "mime_type": "txt", "purpose": "batch"})),
+    )
+    .await;
+    let upload_id = upload["id"].as_str().unwrap();
+    for path in [
+        format!("/uploads/{upload_id}/cancel"),
+        format!("/uploads/{upload_id}/complete"),
+    ] {
+        let (status, body) = call(&h, Method::POST, &path, Some(&p2), Some(json!({"part_ids": []}))).await;
+        assert_eq!(status, 404, "{path} as p2: {body}");
+    }
+    let (status, _) = call(&h, Method::GET, &format!("/batches/{batch_id}/stats"), Some(&p1), None).await;
+    assert_eq!(status, 200);
 
     // No key, a wrong key, a revoked key: 401 with OpenAI's envelope.
     let (status, body) = call(&h, Method::GET, "/files", None, None).await;

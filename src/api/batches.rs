@@ -47,6 +47,43 @@ pub async fn cancel(
     Ok(batch_json(&app.batches.cancel(&project_id, &id).await?))
 }
 
+/// `GET /v1/batches/{id}/stats`, batchd's own: throughput and token usage of
+/// one batch for its owner. Timestamps have one-second resolution, so the
+/// rates of very short batches are approximate.
+pub async fn stats(
+    State(app): State<AppState>,
+    Project(project_id): Project,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let b = app.batches.get(&project_id, &id).await?;
+    let end = b
+        .finalizing_at
+        .or(b.completed_at)
+        .or(b.cancelled_at)
+        .or(b.expired_at)
+        .or(b.failed_at)
+        .unwrap_or_else(crate::ids::now);
+    let elapsed = b.in_progress_at.map_or(0, |start| (end - start).max(1));
+    let done = b.request_counts.completed + b.request_counts.failed;
+    let usage = b.usage.clone().unwrap_or_default();
+    let rate = |n: i64| if elapsed > 0 { n as f64 / elapsed as f64 } else { 0.0 };
+    Ok(Json(serde_json::json!({
+        "object": "batch.stats",
+        "id": b.id,
+        "status": b.status.as_str(),
+        "model": b.model,
+        "elapsed_seconds": elapsed,
+        "lines_total": b.request_counts.total,
+        "lines_done": done,
+        "lines_failed": b.request_counts.failed,
+        "lines_per_second": rate(done),
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "output_tokens_per_second": rate(usage.output_tokens),
+    }))
+    .into_response())
+}
+
 pub async fn list(State(app): State<AppState>, Project(project_id): Project, params: Params) -> ApiResult<Response> {
     let limit = params.int_in("limit", 1, 100, 20)?;
     let page = app.batches.list(&project_id, params.string("after"), limit).await?;

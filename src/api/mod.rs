@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{batch_id}", get(batches::retrieve))
         .route("/v1/batches/{batch_id}/cancel", post(batches::cancel))
+        .route("/v1/batches/{batch_id}/stats", get(batches::stats))
         .route("/v1/models", get(models::list))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{key_id}", axum::routing::delete(admin::revoke_key))

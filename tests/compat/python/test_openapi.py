@@ -411,6 +411,20 @@ def test_cancelled_batch(api):
     assert again["status"] == "cancelled"
 
 
+def test_batch_stats(api):
+    data = jsonl_bytes([chat_line("s1", "one two three"), chat_line("s2", "four")])
+    file_id = api.upload(data).json()["id"]
+    batch = api.call("post", "/v1/batches", 200, json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}).json()
+    deadline = time.monotonic() + WAIT_S
+    while api.call("get", "/v1/batches/{batch_id}", 200, path={"batch_id": batch["id"]}).json()["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(POLL_S)
+    stats = api.call("get", "/v1/batches/{batch_id}/stats", 200, path={"batch_id": batch["id"]}).json()
+    assert stats["lines_done"] == stats["lines_total"] == 2
+    assert stats["output_tokens"] > 0 and stats["lines_per_second"] > 0
+    api.call("get", "/v1/batches/{batch_id}/stats", 404, path={"batch_id": "batch_nope"})
+
+
 def test_list_batches(api):
     f = api.upload(jsonl_bytes([chat_line("l1", "listed")])).json()
     ids = [api.create_batch(f["id"]).json()["id"] for _ in range(3)]
