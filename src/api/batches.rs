@@ -65,7 +65,7 @@ pub async fn stats(
         .unwrap_or_else(crate::ids::now);
     let elapsed = b.in_progress_at.map_or(0, |start| (end - start).max(1));
     let done = b.request_counts.completed + b.request_counts.failed;
-    let usage = b.usage.clone().unwrap_or_default();
+    let usage = b.usage.unwrap_or_default();
     let rate = |n: i64| if elapsed > 0 { n as f64 / elapsed as f64 } else { 0.0 };
     Ok(Json(serde_json::json!({
         "object": "batch.stats",
