@@ -87,40 +87,7 @@ async fn torture(how: Stop) {
     let http = reqwest::Client::new();
     let (mut server, mut api) = start(&config);
 
-    let text: String = (0..LINES)
-        .map(|i| {
-            // Every 10th line gets a 400 from the backend: both files are exercised.
-            let prompt = if i.is_multiple_of(10) {
-                format!("line {i} [status=400]")
-            } else {
-                format!("line {i}")
-            };
-            format!("{}\n", chat_line(&format!("id-{i}"), "fake-model", &prompt))
-        })
-        .collect();
-    let form = reqwest::multipart::Form::new().text("purpose", "batch").part(
-        "file",
-        reqwest::multipart::Part::bytes(text.into_bytes()).file_name("in.jsonl"),
-    );
-    let file: Value = http
-        .post(format!("{api}/files"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch: Value = http
-        .post(format!("{api}/batches"))
-        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = batch["id"].as_str().unwrap().to_owned();
+    let id = create_batch(&http, &api, "id-", LINES).await;
 
     let seed = std::env::var("BATCHD_TORTURE_SEED")
         .ok()
@@ -159,34 +126,7 @@ async fn torture(how: Stop) {
         "the batch finished too fast to be tortured ({kills} kills)"
     );
 
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut counts = (0, 0);
-    for (key, is_error) in [("output_file_id", false), ("error_file_id", true)] {
-        let file_id = batch[key].as_str().unwrap();
-        let content = http
-            .get(format!("{api}/files/{file_id}/content"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        for line in content.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            let custom_id = v["custom_id"].as_str().unwrap().to_owned();
-            let n: usize = custom_id[3..].parse().unwrap();
-            assert_eq!(is_error, n.is_multiple_of(10), "{custom_id} is in the wrong file");
-            *seen.entry(custom_id).or_default() += 1;
-            if is_error { counts.1 += 1 } else { counts.0 += 1 }
-        }
-    }
-    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "duplicated lines: {duplicated:?}");
-    assert_eq!(seen.len(), LINES, "lost lines: {}", LINES - seen.len());
-    assert_eq!(
-        batch["request_counts"],
-        json!({"total": LINES, "completed": counts.0, "failed": counts.1})
-    );
+    verify(&http, &api, &batch, "id-", LINES).await;
     // Only lines without a durable result are sent again: at each kill, those
     // in flight (at most CONCURRENCY) plus finished ones still queued for the
     // result writer's next commit (a few milliseconds' worth).

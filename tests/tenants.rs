@@ -176,6 +176,19 @@ async fn every_route_hides_other_projects_and_keys_are_enforced() {
         let (status, body) = call(&h, Method::POST, &path, Some(&p2), Some(json!({"part_ids": []}))).await;
         assert_eq!(status, 404, "{path} as p2: {body}");
     }
+    let form = reqwest::multipart::Form::new().part(
+        "data",
+        reqwest::multipart::Part::bytes(b"abc".to_vec()).file_name("upload"),
+    );
+    let r = h
+        .http
+        .post(h.url(&format!("/uploads/{upload_id}/parts")))
+        .bearer_auth(&p2)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "adding a part to another project's upload");
     let (status, _) = call(&h, Method::GET, &format!("/batches/{batch_id}/stats"), Some(&p1), None).await;
     assert_eq!(status, 200);
 
