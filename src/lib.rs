@@ -3,7 +3,10 @@
 //! See `ARCHITECTURE.md` for the map. In one line each:
 //! `api` is the HTTP edge, `files` and `batch` hold the domain and its
 //! services, `store` persists metadata, `backends` talks to model servers,
-//! `engine` is the embedded CPU inference server, and `app` wires them together.
+//! `models` starts, swaps and schedules managed model servers, `engine` is the
+//! embedded CPU inference server, `auth` holds API keys and tenants,
+//! `webhooks` delivers batch events, `metrics` renders `/metrics`, and `app`
+//! wires them together.
 
 pub mod api;
 pub mod app;
