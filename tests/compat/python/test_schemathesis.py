@@ -9,6 +9,8 @@ create a batch, then retrieve and cancel it). The few documented exceptions
 are in `schemathesis.toml` beside this file.
 
 `BATCHD_SCHEMATHESIS_EXAMPLES` sets the examples per operation (default 100).
+`BATCHD_SCHEMATHESIS_SEED` picks the generator's seed: fixed by default so CI
+is repeatable; `random` explores new inputs on every run.
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ url = "{fake_url}/v1"
         url = server.wait_listening("batchd")
 
         examples = os.environ.get("BATCHD_SCHEMATHESIS_EXAMPLES", "100")
+        seed = os.environ.get("BATCHD_SCHEMATHESIS_SEED", "20261127")
+        seed_args = [] if seed == "random" else ["--seed", seed]
         st = Path(sys.executable).with_name("schemathesis")
         result = subprocess.run(
             [str(st), "--config-file", str(CONFIG), "--no-color", "run", str(SPEC),
-             "--url", url, "--max-examples", examples],
+             "--url", url, "--max-examples", examples, *seed_args],
             cwd=tmp_path,
             capture_output=True,
             text=True,
