@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::fields::{invalid_type, required_string, whole_number};
 use super::project::Project;
 use super::query::{Params, truncate};
 use super::wire::{BatchObject, ListEnvelope};
@@ -89,40 +90,6 @@ pub async fn list(State(app): State<AppState>, Project(project_id): Project, par
     let page = app.batches.list(&project_id, params.string("after"), limit).await?;
     let envelope = ListEnvelope::new(&page, |b| &b.id, BatchObject::from);
     Ok(Json(envelope).into_response())
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
-    ApiError::bad_request(
-        format!(
-            "Invalid type for '{param}': expected {expected}, but got {} instead.",
-            type_name(got)
-        ),
-        Some(param),
-        Some("invalid_type"),
-    )
-}
-
-fn required_string<'a>(body: &'a Map<String, Value>, name: &str) -> ApiResult<&'a str> {
-    match body.get(name) {
-        None | Some(Value::Null) => Err(ApiError::bad_request(
-            format!("Missing required parameter: '{name}'."),
-            Some(name),
-            Some("missing_required_parameter"),
-        )),
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(invalid_type(name, "a string", other)),
-    }
 }
 
 /// Checks a create request the way OpenAI does, naming the offending parameter.
@@ -250,14 +217,4 @@ fn check_output_expiry(map: &Map<String, Value>, min_secs: i64) -> ApiResult<i64
             Some("invalid_value"),
         )),
     }
-}
-
-/// An integer, also when written as a float with no fraction (`3600.0`): JSON
-/// does not tell the two apart, and neither does JSON Schema's `integer`.
-pub(super) fn whole_number(v: &Value) -> Option<i64> {
-    v.as_i64().or_else(|| {
-        v.as_f64()
-            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-            .map(|f| f as i64)
-    })
 }

@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::fields::{missing, parse_whole_number};
 use super::project::Project;
 use super::query::{Params, truncate};
 use super::wire::{FileDeleted, FileObject, ListEnvelope};
@@ -120,14 +121,6 @@ async fn drain(multipart: &mut Multipart, budget: u64) {
     }
 }
 
-fn missing(name: &str) -> ApiError {
-    ApiError::bad_request(
-        format!("Missing required parameter: '{name}'."),
-        Some(name),
-        Some("missing_required_parameter"),
-    )
-}
-
 pub(super) fn malformed(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::bad_request(
         format!("The multipart body could not be parsed: {}", e.body_text()),
@@ -176,17 +169,6 @@ fn parse_expires_after(anchor: Option<&str>, seconds: Option<&str>, min_secs: i6
             }
         }
     }
-}
-
-/// A form field holding an integer, also written as `3600.0`.
-fn parse_whole_number(text: &str) -> Option<i64> {
-    let text = text.trim();
-    text.parse::<i64>().ok().or_else(|| {
-        text.parse::<f64>()
-            .ok()
-            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-            .map(|f| f as i64)
-    })
 }
 
 /// Keeps only the last path component, without control characters: the

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod batches;
 pub mod envelope;
 pub mod error;
+pub mod fields;
 pub mod files;
 pub mod models;
 pub mod project;

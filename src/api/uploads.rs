@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::fields::{missing, required_string, whole_number};
 use super::files::{clean_filename, malformed};
 use super::project::Project;
 use super::wire::FileObject;
@@ -56,31 +57,11 @@ fn json_object(body: &Bytes) -> ApiResult<Map<String, Value>> {
     }
 }
 
-fn missing(name: &str) -> ApiError {
-    ApiError::bad_request(
-        format!("Missing required parameter: '{name}'."),
-        Some(name),
-        Some("missing_required_parameter"),
-    )
-}
-
-fn string_field<'a>(map: &'a Map<String, Value>, name: &str) -> ApiResult<&'a str> {
-    match map.get(name) {
-        None | Some(Value::Null) => Err(missing(name)),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(ApiError::bad_request(
-            format!("Invalid type for '{name}': expected a string."),
-            Some(name),
-            Some("invalid_type"),
-        )),
-    }
-}
-
 pub async fn create(State(app): State<AppState>, Project(project_id): Project, body: Bytes) -> ApiResult<Json<Value>> {
     let map = json_object(&body)?;
     let bytes = match map.get("bytes") {
         None | Some(Value::Null) => return Err(missing("bytes")),
-        Some(v) => super::batches::whole_number(v).ok_or_else(|| {
+        Some(v) => whole_number(v).ok_or_else(|| {
             ApiError::bad_request(
                 "Invalid type for 'bytes': expected an integer.",
                 Some("bytes"),
@@ -88,10 +69,10 @@ pub async fn create(State(app): State<AppState>, Project(project_id): Project, b
             )
         })?,
     };
-    let filename = clean_filename(string_field(&map, "filename")?);
+    let filename = clean_filename(required_string(&map, "filename")?);
     // The SDK's own example passes "txt": any string is accepted.
-    let mime_type = string_field(&map, "mime_type")?.to_owned();
-    let purpose_text = string_field(&map, "purpose")?;
+    let mime_type = required_string(&map, "mime_type")?.to_owned();
+    let purpose_text = required_string(&map, "purpose")?;
     let purpose = Purpose::parse_uploadable(purpose_text).ok_or_else(|| {
         ApiError::bad_request(
             format!(
@@ -105,7 +86,7 @@ pub async fn create(State(app): State<AppState>, Project(project_id): Project, b
     let expires_after = match map.get("expires_after") {
         None | Some(Value::Null) => None,
         Some(Value::Object(e)) => {
-            let seconds = e.get("seconds").and_then(super::batches::whole_number);
+            let seconds = e.get("seconds").and_then(whole_number);
             match (e.get("anchor").and_then(Value::as_str), seconds) {
                 (Some("created_at"), Some(s)) if (app.min_expires_after_secs..=MAX_EXPIRES_AFTER_SECS).contains(&s) => {
                     Some(s)

@@ -56,14 +56,7 @@ impl FileService {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let id = ids::file_id();
-        let storage_key = format!("uploads/{id}");
-        let bytes = self
-            .blobs
-            .put_stream(&storage_key, body, self.max_upload_bytes)
-            .await
-            .map_err(|e| blob_error(e, "file"))?;
-        Ok(StagedFile { id, storage_key, bytes })
+        self.stage_limited(body, self.max_upload_bytes).await
     }
 
     /// Like `stage`, with a limit of its own (assembled uploads are bounded
