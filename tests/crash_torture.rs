@@ -16,13 +16,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use batchd::testing::fake_backend::FakeBackend;
-use common::{chat_line, spawn_batchd};
+use common::{KillOnDrop, chat_line, spawn_batchd};
 use serde_json::{Value, json};
 
 const LINES: usize = 2000;
 const CONCURRENCY: usize = 16;
 
-fn start(config: &std::path::Path) -> (Child, String) {
+fn start(config: &std::path::Path) -> (KillOnDrop, String) {
     let (child, url) = spawn_batchd([std::ffi::OsStr::new("serve"), "--config".as_ref(), config.as_os_str()]);
     (child, format!("{url}/v1"))
 }

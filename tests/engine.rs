@@ -4,23 +4,15 @@
 
 mod common;
 
-use std::process::Child;
-
 use batchd::testing::tiny_gguf::{self, TinyModel};
 use serde_json::{Value, json};
 
 struct Engine {
-    child: Child,
+    /// Killed when the test ends, however it ends.
+    _child: common::KillOnDrop,
     url: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_engine() -> Engine {
@@ -41,7 +33,7 @@ fn start_engine() -> Engine {
     args.extend(["--model", model.to_str().unwrap()]);
     let (child, url) = common::spawn_batchd(args);
     Engine {
-        child,
+        _child: child,
         url,
         http: reqwest::Client::new(),
         _dir: dir,

@@ -107,14 +107,16 @@ async fn logs_never_contain_prompts_responses_or_keys() {
     let key: Value = serde_json::from_slice(&key_out.stdout).unwrap();
     let secret = key["secret"].as_str().unwrap().to_owned();
     let log_path = dir.path().join("batchd.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
-        .args(["--log-json", "serve", "--config"])
-        .arg(&config)
-        .env("BATCHD_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = common::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_batchd"))
+            .args(["--log-json", "serve", "--config"])
+            .arg(&config)
+            .env("BATCHD_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)

@@ -171,9 +171,33 @@ impl Harness {
     }
 }
 
+/// A child process that is killed when dropped, so a failing test leaves no
+/// server behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs the real `batchd` binary with `args` and waits for its "... listening
 /// on http://ADDR" line; returns the process and that URL.
-pub fn spawn_batchd<I, S>(args: I) -> (std::process::Child, String)
+pub fn spawn_batchd<I, S>(args: I) -> (KillOnDrop, String)
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
@@ -192,7 +216,7 @@ where
         .unwrap();
     assert!(line.contains("listening on"), "batchd did not start: {line:?}");
     let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    (child, url)
+    (KillOnDrop(child), url)
 }
 
 /// A chat request line whose prompt is `content`.
