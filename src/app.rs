@@ -172,6 +172,7 @@ impl Core {
                 store.clone(),
                 blobs.clone(),
                 FileService::new(store.clone(), blobs.clone(), config.limits.max_upload_bytes),
+                config.limits.upload_ttl_secs,
             ),
             max_upload_bytes: config.limits.max_upload_bytes,
             completion_windows: config.execution.allowed_completion_windows.clone(),

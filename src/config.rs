@@ -135,6 +135,9 @@ pub struct LimitsConfig {
     /// Shortest `expires_after[seconds]` / `output_expires_after.seconds`
     /// accepted. OpenAI's is 3600; lower values exist for tests.
     pub min_expires_after_secs: i64,
+    /// An Uploads API upload not completed within this many seconds expires
+    /// and its parts are deleted (OpenAI: one hour; lower values for tests).
+    pub upload_ttl_secs: i64,
 }
 
 impl Default for LimitsConfig {
@@ -146,6 +149,7 @@ impl Default for LimitsConfig {
             max_line_bytes: 16 * 1024 * 1024,
             max_reported_errors: 1000,
             min_expires_after_secs: 3600,
+            upload_ttl_secs: 3600,
         }
     }
 }

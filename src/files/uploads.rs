@@ -18,16 +18,17 @@ use crate::error::{Error, Result};
 use crate::ids;
 use crate::store::{Store, UploadPart, UploadRecord};
 
-/// OpenAI's limits: 64 MB a part, 8 GB an upload, one hour to finish.
+/// OpenAI's limits: 64 MB a part, 8 GB an upload (the time to finish one is
+/// `limits.upload_ttl_secs`, an hour by default).
 pub const MAX_PART_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_UPLOAD_BYTES: i64 = 8 * 1024 * 1024 * 1024;
-pub const UPLOAD_TTL_SECS: i64 = 3600;
 
 #[derive(Clone)]
 pub struct UploadService {
     store: Arc<dyn Store>,
     blobs: Blobs,
     files: FileService,
+    ttl_secs: i64,
 }
 
 pub struct NewUpload {
@@ -47,8 +48,13 @@ fn not_found(id: &str) -> Error {
 }
 
 impl UploadService {
-    pub fn new(store: Arc<dyn Store>, blobs: Blobs, files: FileService) -> Self {
-        Self { store, blobs, files }
+    pub fn new(store: Arc<dyn Store>, blobs: Blobs, files: FileService, ttl_secs: i64) -> Self {
+        Self {
+            store,
+            blobs,
+            files,
+            ttl_secs,
+        }
     }
 
     pub async fn create(&self, new: NewUpload) -> Result<UploadRecord> {
@@ -68,7 +74,7 @@ impl UploadService {
             mime_type: new.mime_type,
             bytes: new.bytes,
             created_at,
-            expires_at: created_at + UPLOAD_TTL_SECS,
+            expires_at: created_at + self.ttl_secs,
             status: "pending".into(),
             file_expires_after: new.expires_after,
             file_id: None,
