@@ -39,16 +39,7 @@ impl Witness {
     async fn check(&self, h: &Harness) {
         let (status, body) = h.get("/files?limit=1").await;
         assert_eq!(status, 200, "server no longer lists files: {body}");
-        let text = h
-            .http
-            .get(h.url(&format!("/files/{}/content", self.id)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert_eq!(text, self.content);
+        assert_eq!(h.content(&self.id).await, self.content);
     }
 }
 

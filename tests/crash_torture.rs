@@ -73,17 +73,12 @@ async fn torture(how: Stop) {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("batchd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[limits]\nmax_batch_lines = {LINES}\n\
-             [execution]\npoll_interval_ms = 50\n[[models]]\nname = \"fake-model\"\nurl = \"{}\"\nmax_concurrency = {CONCURRENCY}\n",
-            dir.path().join("data").display(),
-            backend.url()
-        ),
-    )
-    .unwrap();
+    let config = common::write_config(
+        dir.path(),
+        &backend.url(),
+        &format!("[limits]\nmax_batch_lines = {LINES}\n[execution]\npoll_interval_ms = 50"),
+        &format!("max_concurrency = {CONCURRENCY}"),
+    );
     let http = reqwest::Client::new();
     let (mut server, mut api) = start(&config);
 
@@ -150,29 +145,7 @@ async fn create_batch(http: &reqwest::Client, api: &str, prefix: &str, lines: us
             format!("{}\n", chat_line(&format!("{prefix}{i}"), "fake-model", prompt))
         })
         .collect();
-    let form = reqwest::multipart::Form::new().text("purpose", "batch").part(
-        "file",
-        reqwest::multipart::Part::bytes(text.into_bytes()).file_name("in.jsonl"),
-    );
-    let file: Value = http
-        .post(format!("{api}/files"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch: Value = http
-        .post(format!("{api}/batches"))
-        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    batch["id"].as_str().unwrap().to_owned()
+    common::create_batch_at(http, api, None, text).await
 }
 
 /// Checks one finished batch line by line: every custom_id exactly once across
@@ -262,18 +235,13 @@ async fn sigkill_aimed_at_validating_cancelling_and_finalizing_loses_and_duplica
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("batchd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[limits]\nmax_batch_lines = 50000\n\
-             max_batch_input_bytes = 104857600\nmax_upload_bytes = 104857600\n\
-             [execution]\npoll_interval_ms = 50\n[[models]]\nname = \"fake-model\"\nurl = \"{}\"\nmax_concurrency = 64\n",
-            dir.path().join("data").display(),
-            backend.url()
-        ),
-    )
-    .unwrap();
+    let config = common::write_config(
+        dir.path(),
+        &backend.url(),
+        "[limits]\nmax_batch_lines = 50000\nmax_batch_input_bytes = 104857600\nmax_upload_bytes = 104857600\n\
+         [execution]\npoll_interval_ms = 50",
+        "max_concurrency = 64",
+    );
     let http = reqwest::Client::new();
     let (mut server, mut api) = start(&config);
     let mut landed: std::collections::BTreeMap<&str, usize> = Default::default();

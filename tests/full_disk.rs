@@ -119,16 +119,7 @@ async fn a_full_disk_fails_requests_cleanly_and_work_resumes_when_space_returns(
     let (status, list) = h.get("/files?limit=100").await;
     assert_eq!(status, 200);
     assert_eq!(list["data"].as_array().unwrap().len(), files_before);
-    let content = h
-        .http
-        .get(h.url(&format!("/files/{witness_id}/content")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(content, witness);
+    assert_eq!(h.content(&witness_id).await, witness);
     assert_eq!(h.get(&format!("/batches/{running_id}")).await.0, 200);
 
     // Let the running batch hit the wall for a while, then free the space.

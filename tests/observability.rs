@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use batchd::testing::fake_backend::FakeBackend;
 use common::{Harness, chat_line};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// `name{labels} value` lines of a Prometheus text page.
 fn sample(page: &str, name_and_labels: &str) -> Option<f64> {
@@ -87,16 +87,7 @@ async fn logs_never_contain_prompts_responses_or_keys() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("batchd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[[models]]\nname = \"fake-model\"\nurl = \"{}\"\n",
-            dir.path().join("data").display(),
-            backend.url()
-        ),
-    )
-    .unwrap();
+    let config = common::write_config(dir.path(), &backend.url(), "", "");
     let key_out = Command::new(env!("CARGO_BIN_EXE_batchd"))
         .args(["keys", "--config"])
         .arg(&config)
@@ -130,31 +121,7 @@ async fn logs_never_contain_prompts_responses_or_keys() {
         chat_line("ok", "fake-model", PROMPT),
         chat_line("bad", "fake-model", &format!("{PROMPT} [status=400]"))
     );
-    let form = reqwest::multipart::Form::new().text("purpose", "batch").part(
-        "file",
-        reqwest::multipart::Part::bytes(text.into_bytes()).file_name("secret-name.jsonl"),
-    );
-    let file: Value = http
-        .post(format!("{api}/files"))
-        .bearer_auth(&secret)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch: Value = http
-        .post(format!("{api}/batches"))
-        .bearer_auth(&secret)
-        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = batch["id"].as_str().unwrap();
+    let id = &common::create_batch_at(&http, &api, Some(&secret), text).await;
     let done = loop {
         let b: Value = http
             .get(format!("{api}/batches/{id}"))

@@ -49,22 +49,7 @@ async fn call(
 }
 
 async fn upload_as(h: &Harness, key: &str, text: &str) -> String {
-    let form = reqwest::multipart::Form::new().text("purpose", "batch").part(
-        "file",
-        reqwest::multipart::Part::bytes(text.as_bytes().to_vec()).file_name("in.jsonl"),
-    );
-    let r: Value = h
-        .http
-        .post(h.url("/files"))
-        .bearer_auth(key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["id"].as_str().unwrap().to_owned()
+    common::upload_at(&h.http, &h.base, Some(key), text.to_owned()).await
 }
 
 fn envelope_401(status: u16, body: &Value, code: Option<&str>) {

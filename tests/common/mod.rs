@@ -158,16 +158,20 @@ impl Harness {
     /// Downloads a file's content as parsed JSONL lines.
     pub async fn lines_of(&self, file_id: &Value) -> Vec<Value> {
         let Some(id) = file_id.as_str() else { return vec![] };
-        let text = self
-            .http
-            .get(self.url(&format!("/files/{id}/content")))
+        let text = self.content(id).await;
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Downloads a file's content as text.
+    pub async fn content(&self, file_id: &str) -> String {
+        self.http
+            .get(self.url(&format!("/files/{file_id}/content")))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+            .unwrap()
     }
 }
 
@@ -223,4 +227,48 @@ where
 pub fn chat_line(custom_id: &str, model: &str, content: &str) -> Value {
     json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
            "body": {"model": model, "messages": [{"role": "user", "content": content}]}})
+}
+
+/// Writes a config for a `batchd serve` process: its data directory in `dir`,
+/// one model `fake-model` at `backend_url`, and `extra` TOML (sections after
+/// `[server]`, for example `[limits]`).
+pub fn write_config(dir: &std::path::Path, backend_url: &str, extra: &str, model_extra: &str) -> std::path::PathBuf {
+    let config = dir.join("batchd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra}\n[[models]]\nname = \"fake-model\"\nurl = \"{backend_url}\"\n{model_extra}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Uploads `text` as a batch input file to the API at `api` (as `key`, if
+/// given) and returns the file's id.
+pub async fn upload_at(http: &reqwest::Client, api: &str, key: Option<&str>, text: String) -> String {
+    let form = reqwest::multipart::Form::new().text("purpose", "batch").part(
+        "file",
+        reqwest::multipart::Part::bytes(text.into_bytes()).file_name("in.jsonl"),
+    );
+    let mut request = http.post(format!("{api}/files")).multipart(form);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let file: Value = request.send().await.unwrap().json().await.unwrap();
+    file["id"].as_str().expect("a file id").to_owned()
+}
+
+/// Uploads `text` and creates a chat batch on it; returns the batch's id.
+pub async fn create_batch_at(http: &reqwest::Client, api: &str, key: Option<&str>, text: String) -> String {
+    let file_id = upload_at(http, api, key, text).await;
+    let mut request = http
+        .post(format!("{api}/batches"))
+        .json(&json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let batch: Value = request.send().await.unwrap().json().await.unwrap();
+    batch["id"].as_str().expect("a batch id").to_owned()
 }
