@@ -22,6 +22,11 @@ cargo test --locked
 echo "== cargo fuzz"
 scripts/fuzz.sh "${BATCHD_FUZZ_SECONDS:-60}"
 
+# The container image cannot be built here (its base images come from a
+# container registry, out of reach): the Dockerfile and docker/ are linted.
+echo "== Dockerfile lint"
+scripts/lint-dockerfile.sh
+
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 export BATCHD_BIN="$target_dir/debug/batchd"
 export BATCHD_FAKE_BACKEND_BIN="$target_dir/debug/batchd-fake-backend"
