@@ -242,3 +242,34 @@ async fn enqueued_lines_per_project_are_limited_and_the_batch_fails_with_token_l
         "{too_big}"
     );
 }
+
+#[tokio::test]
+async fn concurrent_creates_and_validations_never_overshoot_the_limits() {
+    let h = Harness::start_with(|c| {
+        c.limits.max_active_batches_per_project = 3;
+        c.limits.max_enqueued_lines_per_project = 5;
+    })
+    .await;
+    let a = Tenant::new(&h, "project-a");
+    // Eight creates at once: exactly three get through.
+    let creates = (0..8).map(|_| a.try_create(2, "[delay_ms=3000] a"));
+    let answers = futures::future::join_all(creates).await;
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
+    // Three batches of 2 lines validated together against 5 enqueued lines:
+    // two start, the third fails.
+    let mut ends = vec![];
+    for (_, batch) in answers.iter().filter(|(status, _)| *status == 200) {
+        let id = batch["id"].as_str().unwrap();
+        ends.push(a.wait_for(id, |b| b["status"] != "validating").await["status"].clone());
+    }
+    assert_eq!(
+        ends.iter()
+            .filter(|s| **s == "in_progress" || **s == "completed")
+            .count(),
+        2,
+        "{ends:?}"
+    );
+    assert_eq!(ends.iter().filter(|s| **s == "failed").count(), 1, "{ends:?}");
+}
