@@ -164,7 +164,8 @@ impl Core {
         let supervisor = Supervisor::start(runtime, Duration::from_millis(config.execution.poll_interval_ms));
         let state = AppState {
             files: FileService::new(store.clone(), blobs.clone(), config.limits.max_upload_bytes),
-            batches: BatchService::new(store.clone(), supervisor.clone()),
+            batches: BatchService::new(store.clone(), supervisor.clone())
+                .with_max_active_batches_per_project(config.limits.max_active_batches_per_project),
             models,
             manager: manager.clone(),
             keys: crate::auth::KeyService::new(store.clone()),

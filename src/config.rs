@@ -78,6 +78,11 @@ pub struct SchedulerConfig {
     /// Restarts of a crashed model server while it has work, before its
     /// remaining lines fail.
     pub max_restarts: u32,
+    /// A batch holding its model's dispatch turn yields it after this many
+    /// seconds when a batch that goes first waits (another project's, whose
+    /// turn it is in the round-robin, or an urgent one), and queues again.
+    /// Bounds how long one project holds a model while another waits.
+    pub turn_quantum_secs: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -88,6 +93,7 @@ impl Default for SchedulerConfig {
             max_swap_delay_secs: 300,
             urgency_margin_secs: 3600,
             max_restarts: 3,
+            turn_quantum_secs: 60,
         }
     }
 }
@@ -138,6 +144,14 @@ pub struct LimitsConfig {
     /// An Uploads API upload not completed within this many seconds expires
     /// and its parts are deleted (OpenAI: one hour; lower values for tests).
     pub upload_ttl_secs: i64,
+    /// Batches a project may have active (validating, in progress,
+    /// finalizing or cancelling) at once; a create beyond it gets HTTP 429
+    /// `rate_limit_exceeded`.
+    pub max_active_batches_per_project: u64,
+    /// Lines a project may have enqueued (not yet run, over its in-progress
+    /// batches); a batch that would exceed it fails validation with
+    /// `token_limit_exceeded`, like OpenAI's enqueued token limit.
+    pub max_enqueued_lines_per_project: u64,
 }
 
 impl Default for LimitsConfig {
@@ -150,6 +164,8 @@ impl Default for LimitsConfig {
             max_reported_errors: 1000,
             min_expires_after_secs: 3600,
             upload_ttl_secs: 3600,
+            max_active_batches_per_project: 100,
+            max_enqueued_lines_per_project: 1_000_000,
         }
     }
 }
@@ -417,6 +433,10 @@ impl Config {
         anyhow::ensure!(
             self.execution.max_attempts > 0,
             "execution.max_attempts must be at least 1"
+        );
+        anyhow::ensure!(
+            self.limits.max_active_batches_per_project > 0,
+            "limits.max_active_batches_per_project must be at least 1"
         );
         for window in &self.execution.allowed_completion_windows {
             anyhow::ensure!(

@@ -27,6 +27,10 @@ pub enum Error {
     /// Storage is out of space; retrying later may work.
     #[error("{message}")]
     StorageFull { message: String },
+    /// A per-project limit is reached for now (HTTP 429 `rate_limit_exceeded`);
+    /// retrying once some of the project's work is done will work.
+    #[error("{message}")]
+    RateLimited { message: String },
     /// A bug or an infrastructure failure; details go to the log, not the client.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),

@@ -60,6 +60,8 @@ impl From<Error> for ApiError {
             Error::Conflict { .. } => (StatusCode::CONFLICT, INVALID_REQUEST),
             Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST),
             Error::StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, SERVER_ERROR),
+            // OpenAI's rate-limit errors have type "requests" (or "tokens").
+            Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "requests"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, SERVER_ERROR),
         };
         let (message, param, code) = match e {
@@ -67,6 +69,7 @@ impl From<Error> for ApiError {
             Error::Invalid { message, param, code } => (message, param, code.map(str::to_owned)),
             Error::Conflict { message } | Error::TooLarge { message } => (message, None, None),
             Error::StorageFull { message } => (message, None, Some("insufficient_storage".to_owned())),
+            Error::RateLimited { message } => (message, None, Some("rate_limit_exceeded".to_owned())),
             Error::Internal(err) => {
                 tracing::error!(error = %err, "internal error");
                 (

@@ -33,6 +33,10 @@ pub enum RunEnd {
     /// The model server could not be started (or restarted after crashes):
     /// in-flight lines finished; the rest never ran.
     ModelFailed(String),
+    /// The turn's time slice is over and another batch goes first (fair
+    /// turns across projects): dispatch stopped, in-flight lines finished
+    /// and were stored; run again to queue for the next turn.
+    Yielded,
 }
 
 /// The moment `expires_at` (Unix seconds) arrives, on tokio's clock.
@@ -69,6 +73,7 @@ pub async fn run(
         Some(_) => {
             let turn = rt.manager.turn(TurnRequest {
                 batch_id: batch.id.clone(),
+                project_id: batch.project_id.clone(),
                 model: model.clone(),
                 created_at: batch.created_at,
                 expires_at: batch.expires_at,
@@ -85,6 +90,9 @@ pub async fn run(
         }
     };
 
+    // Lines sent in this turn: a turn yields only after one, so every turn
+    // makes progress.
+    let mut dispatched: u64 = 0;
     let end = loop {
         let line = tokio::select! {
             biased;
@@ -100,6 +108,10 @@ pub async fn run(
         while finished.next_if(|&n| n < line.number).is_some() {}
         if finished.next_if_eq(&line.number).is_some() {
             continue;
+        }
+        // Checked with a line in hand, so a batch never yields with nothing left to send.
+        if dispatched > 0 && lease.as_ref().is_some_and(Lease::should_yield) {
+            break RunEnd::Yielded;
         }
         // The file was validated and files are immutable, so this only fails
         // if the stored bytes were tampered with.
@@ -126,6 +138,7 @@ pub async fn run(
             permit = backend.acquire() => permit,
         };
         while in_flight.try_join_next().is_some() {}
+        dispatched += 1;
         let writer = rt.writer.clone();
         let batch_id = batch_id.clone();
         let (manager, model) = (rt.manager.clone(), model.clone());

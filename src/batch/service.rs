@@ -26,11 +26,24 @@ pub struct NewBatch {
 pub struct BatchService {
     store: Arc<dyn Store>,
     supervisor: Arc<Supervisor>,
+    /// `limits.max_active_batches_per_project`.
+    max_active_batches: u64,
 }
 
 impl BatchService {
     pub fn new(store: Arc<dyn Store>, supervisor: Arc<Supervisor>) -> Self {
-        Self { store, supervisor }
+        let max_active_batches = crate::config::LimitsConfig::default().max_active_batches_per_project;
+        Self {
+            store,
+            supervisor,
+            max_active_batches,
+        }
+    }
+
+    /// Sets how many active batches one project may have (a create beyond gets 429).
+    pub fn with_max_active_batches_per_project(mut self, max: u64) -> Self {
+        self.max_active_batches = max;
+        self
     }
 
     /// Records the batch as `validating` and hands it to the supervisor; the
@@ -60,7 +73,19 @@ impl BatchService {
         );
         batch.metadata = new.metadata;
         batch.output_expires_after = new.output_expires_after;
-        self.store.insert_batch(&batch).await?;
+        // Like OpenAI's batch rate limits: 429, and the SDKs retry it with backoff.
+        if !self
+            .store
+            .insert_batch_within_limit(&batch, self.max_active_batches)
+            .await?
+        {
+            return Err(Error::RateLimited {
+                message: format!(
+                    "Active batch limit reached for project {}. Limit: {} active batches. Please try again once some of your batches have finished.",
+                    batch.project_id, self.max_active_batches
+                ),
+            });
+        }
         tracing::info!(batch_id = %batch.id, endpoint = %batch.endpoint, "batch created");
         self.supervisor.wake();
         Ok(batch)

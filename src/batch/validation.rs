@@ -157,3 +157,19 @@ pub async fn validate(
         (false, _) => Ok(Verdict::Invalid(problems.list)),
     }
 }
+
+/// The problem of a valid batch that would take its project over
+/// `limits.max_enqueued_lines_per_project`: OpenAI's enqueued token limit
+/// error (code, null line and param, message), counted in lines.
+pub fn enqueued_limit_error(model: &str, project_id: &str, limit: u64, enqueued: i64, total: u64) -> BatchError {
+    BatchError::new(
+        "token_limit_exceeded",
+        format!(
+            "Enqueued line limit reached for {model} in project {project_id}. Limit: {limit} enqueued lines \
+             ({enqueued} already enqueued, this batch has {total}). Please try submitting fewer tasks or try \
+             again once some in-progress batches have completed."
+        ),
+        None,
+        None,
+    )
+}

@@ -13,6 +13,7 @@ use super::status::BatchStatus;
 use super::validation::{Verdict, validate};
 use crate::error::Result;
 use crate::ids;
+use crate::store::StartOutcome;
 
 /// Signals a running batch listens to.
 #[derive(Clone, Default)]
@@ -78,6 +79,8 @@ pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals) -> Result<()
                 RunEnd::Stopped if signals.shutdown.is_cancelled() => return Ok(()),
                 // Stopped by cancel: the next turn sees `cancelling`.
                 RunEnd::Stopped => {}
+                // Gave its model turn to another batch: queue for the next one.
+                RunEnd::Yielded => {}
             },
             BatchStatus::Finalizing => {
                 finalize(rt, &batch, BatchStatus::Finalizing, BatchStatus::Completed).await?;
@@ -133,8 +136,21 @@ async fn run_validation(rt: &Runtime, batch: &BatchRecord, stop: &CancellationTo
     match verdict.map_err(crate::error::Error::internal)? {
         Verdict::Invalid(errors) => fail(errors).await,
         Verdict::Valid { model, total } => {
-            if rt.store.start(&batch.id, &model, total as i64, now()).await? {
-                tracing::info!(batch_id = %batch.id, lines = total, model = %model, "batch validated; running");
+            let limit = rt.limits.max_enqueued_lines_per_project;
+            match rt
+                .store
+                .start_within_enqueued_limit(&batch.id, &model, total as i64, now(), limit)
+                .await?
+            {
+                StartOutcome::Started => {
+                    tracing::info!(batch_id = %batch.id, lines = total, model = %model, "batch validated; running");
+                }
+                StartOutcome::NotValidating => {}
+                StartOutcome::OverEnqueuedLimit { enqueued } => {
+                    let error =
+                        super::validation::enqueued_limit_error(&model, &batch.project_id, limit, enqueued, total);
+                    return fail(vec![error]).await;
+                }
             }
             Ok(())
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::policy::{Action, ModelView, Phase, WaitView, plan};
+use super::policy::{Action, ModelView, Phase, TurnView, WaitView, plan};
 use super::process::{LaunchSpec, ServerProcess};
 use crate::backends::ModelRegistry;
 use crate::config::{ModelConfig, SchedulerConfig};
@@ -18,6 +18,8 @@ use crate::config::{ModelConfig, SchedulerConfig};
 /// What a batch says about itself when it asks for a turn.
 pub struct TurnRequest {
     pub batch_id: String,
+    /// Turns rotate across projects (round-robin), FIFO within one.
+    pub project_id: String,
     pub model: String,
     pub created_at: i64,
     pub expires_at: Option<i64>,
@@ -67,6 +69,8 @@ struct Inner {
 struct State {
     models: HashMap<String, Slot>,
     waiting: Vec<Waiter>,
+    /// Numbers the turns granted, on all models (see `Slot::last_turn_of`).
+    turns_granted: u64,
 }
 
 struct Slot {
@@ -74,6 +78,11 @@ struct Slot {
     process: Option<ServerProcess>,
     running: usize,
     dispatching: bool,
+    /// The batch holding the dispatch turn (set with `dispatching`).
+    turn: Option<Turn>,
+    /// Per project, the number of its latest turn on this model: the
+    /// round-robin's memory. One entry per project that ever used the model.
+    last_turn_of: HashMap<String, u64>,
     idle_since: Instant,
     /// Bumped at every successful load; tells a restart from the old process.
     generation: u64,
@@ -83,6 +92,16 @@ struct Slot {
     failures: u64,
     last_error: Option<String>,
     loads: u64,
+}
+
+struct Turn {
+    created_at: i64,
+    expires_at: Option<i64>,
+    seq: u64,
+    since: Instant,
+    /// The policy asked the holder to yield (its quantum is over and a batch
+    /// that goes first waits).
+    yield_requested: bool,
 }
 
 struct Waiter {
@@ -127,6 +146,8 @@ impl ModelManager {
                     process: None,
                     running: 0,
                     dispatching: false,
+                    turn: None,
+                    last_turn_of: HashMap::new(),
                     idle_since: Instant::now(),
                     generation: 0,
                     restarts: 0,
@@ -144,6 +165,7 @@ impl ModelManager {
             state: Mutex::new(State {
                 models: slots,
                 waiting: vec![],
+                turns_granted: 0,
             }),
             wake_loop: Notify::new(),
             changed: Notify::new(),
@@ -268,9 +290,24 @@ impl Lease {
         if std::mem::take(&mut self.has_turn) {
             if let Some(slot) = self.inner.lock().models.get_mut(&self.model) {
                 slot.dispatching = false;
+                slot.turn = None;
             }
             self.inner.bump();
         }
+    }
+
+    /// Whether the batch should stop dispatching now and queue for a new
+    /// turn: its time slice is over and a batch that goes first waits
+    /// (another project's, or an urgent one).
+    pub fn should_yield(&self) -> bool {
+        self.has_turn
+            && self
+                .inner
+                .lock()
+                .models
+                .get(&self.model)
+                .and_then(|slot| slot.turn.as_ref())
+                .is_some_and(|turn| turn.yield_requested)
     }
 
     /// Set if the model failed (could not be restarted) since this lease began.
@@ -288,6 +325,7 @@ impl Drop for Lease {
             if let Some(slot) = state.models.get_mut(&self.model) {
                 if self.has_turn {
                     slot.dispatching = false;
+                    slot.turn = None;
                 }
                 slot.running -= 1;
                 if slot.running == 0 {
@@ -329,6 +367,12 @@ async fn reconcile_loop(inner: Arc<Inner>) {
                         device: spec.device.clone(),
                         running: slot.running,
                         dispatching: slot.dispatching,
+                        turn: slot.turn.as_ref().map(|t| TurnView {
+                            created_at: t.created_at,
+                            expires_at: t.expires_at,
+                            seq: t.seq,
+                            held_for: now - t.since,
+                        }),
                         idle_for: if slot.running > 0 {
                             Duration::ZERO
                         } else {
@@ -343,6 +387,13 @@ async fn reconcile_loop(inner: Arc<Inner>) {
                 .map(|w| WaitView {
                     batch_id: w.request.batch_id.clone(),
                     model: w.request.model.clone(),
+                    project: w.request.project_id.clone(),
+                    project_last_turn: state
+                        .models
+                        .get(&w.request.model)
+                        .and_then(|slot| slot.last_turn_of.get(&w.request.project_id))
+                        .copied()
+                        .unwrap_or(0),
                     created_at: w.request.created_at,
                     expires_at: w.request.expires_at,
                     waited: now - w.since,
@@ -369,9 +420,19 @@ fn apply(inner: &Arc<Inner>, action: Action) {
                 return;
             };
             let waiter = state.waiting.remove(i);
+            state.turns_granted += 1;
+            let seq = state.turns_granted;
             let slot = state.models.get_mut(&waiter.request.model).expect("known model");
             slot.running += 1;
             slot.dispatching = true;
+            slot.turn = Some(Turn {
+                created_at: waiter.request.created_at,
+                expires_at: waiter.request.expires_at,
+                seq,
+                since: Instant::now(),
+                yield_requested: false,
+            });
+            slot.last_turn_of.insert(waiter.request.project_id.clone(), seq);
             let lease = Lease {
                 inner: inner.clone(),
                 model: waiter.request.model.clone(),
@@ -381,6 +442,17 @@ fn apply(inner: &Arc<Inner>, action: Action) {
             drop(state);
             // A batch that stopped waiting drops the lease here, which releases it.
             let _ = waiter.reply.send(Ok(lease));
+        }
+        Action::Yield(model) => {
+            let mut state = inner.lock();
+            if let Some(turn) = state.models.get_mut(&model).and_then(|slot| slot.turn.as_mut())
+                && !std::mem::replace(&mut turn.yield_requested, true)
+            {
+                tracing::debug!(
+                    model,
+                    "turn quantum over and another batch goes first; asking the holder to yield"
+                );
+            }
         }
         Action::Load(model) => {
             let mut state = inner.lock();

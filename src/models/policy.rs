@@ -2,9 +2,16 @@
 //! waiting batch gets its model's dispatch turn, which model to load next,
 //! which idle model to unload. `manager.rs` applies the decisions.
 //!
-//! - Batches of one model take turns in FIFO order (urgent ones first); the
-//!   next batch's turn starts as soon as the previous one has dispatched its
-//!   last line, so the backend stays full across batch boundaries.
+//! - Batches of one model take turns, one dispatching at a time; the next
+//!   batch's turn starts as soon as the previous one has dispatched its last
+//!   line (or yielded), so the backend stays full across turn boundaries.
+//! - Fairness between tenants: turns go round-robin across projects (the
+//!   project whose last turn on the model is oldest goes next), FIFO within
+//!   a project, urgent batches (near `expires_at`) first whatever their
+//!   project. A turn is one batch, cut at `turn_quantum_secs` when a batch
+//!   that would go first waits (another project's, or an urgent one): the
+//!   holder yields and queues again, so one huge batch, or one project's
+//!   fifty, cannot hold the model for hours while another project waits.
 //! - A managed model is stopped only when no batch runs on it (never inside a
 //!   batch). Work for a model that cannot be placed waits.
 //! - Collation: while the loaded model has batches of its own, it keeps
@@ -48,14 +55,31 @@ pub struct ModelView {
     pub running: usize,
     /// A batch holds the dispatch turn.
     pub dispatching: bool,
+    /// The batch holding the dispatch turn, when one does.
+    pub turn: Option<TurnView>,
     /// Time since the model last had a batch running.
     pub idle_for: Duration,
+}
+
+/// The batch holding a model's dispatch turn.
+#[derive(Debug, Clone)]
+pub struct TurnView {
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    /// This turn's number (see `WaitView::project_last_turn`).
+    pub seq: u64,
+    pub held_for: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct WaitView {
     pub batch_id: String,
     pub model: String,
+    pub project: String,
+    /// The number of the latest turn the batch's project got on this model
+    /// (turns are numbered from 1 in the order they are granted; 0: none
+    /// yet). The smallest goes first: that is the round-robin.
+    pub project_last_turn: u64,
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub waited: Duration,
@@ -65,6 +89,9 @@ pub struct WaitView {
 pub enum Action {
     /// Give this batch its model's dispatch turn.
     Grant(String),
+    /// The batch holding this model's turn used its quantum and a batch that
+    /// goes first waits: it should stop dispatching and queue again.
+    Yield(String),
     /// Load the model (start it, or wake it from sleep).
     Load(String),
     /// Unload the model (stop it, or put it to sleep).
@@ -75,23 +102,57 @@ pub enum Action {
     Forget(String),
 }
 
-fn is_urgent(w: &WaitView, now: i64, cfg: &SchedulerConfig) -> bool {
-    w.expires_at
-        .is_some_and(|at| at - now <= cfg.urgency_margin_secs as i64)
+fn is_urgent(expires_at: Option<i64>, now: i64, cfg: &SchedulerConfig) -> bool {
+    expires_at.is_some_and(|at| at - now <= cfg.urgency_margin_secs as i64)
 }
 
-/// Urgent first (earliest deadline), then oldest.
+/// `(not urgent, deadline if urgent)`: urgent ones first, earliest deadline first.
+fn urgency(expires_at: Option<i64>, now: i64, cfg: &SchedulerConfig) -> (bool, i64) {
+    let urgent = is_urgent(expires_at, now, cfg);
+    (!urgent, if urgent { expires_at.unwrap_or(i64::MAX) } else { 0 })
+}
+
+/// Across models (which model to load next, which must drain): urgent
+/// first (earliest deadline), then oldest.
 fn priority(w: &WaitView, now: i64, cfg: &SchedulerConfig) -> (bool, i64, i64) {
-    let urgent = is_urgent(w, now, cfg);
-    (
-        !urgent,
-        if urgent { w.expires_at.unwrap_or(i64::MAX) } else { 0 },
-        w.created_at,
-    )
+    let (not_urgent, deadline) = urgency(w.expires_at, now, cfg);
+    (not_urgent, deadline, w.created_at)
+}
+
+/// Within one model (who gets its next turn): urgent first, then the
+/// project whose last turn is oldest, then the oldest batch of that project.
+fn fair_order(
+    expires_at: Option<i64>,
+    project_last_turn: u64,
+    created_at: i64,
+    now: i64,
+    cfg: &SchedulerConfig,
+) -> (bool, i64, u64, i64) {
+    let (not_urgent, deadline) = urgency(expires_at, now, cfg);
+    (not_urgent, deadline, project_last_turn, created_at)
+}
+
+fn fair_key(w: &WaitView, now: i64, cfg: &SchedulerConfig) -> (bool, i64, u64, i64) {
+    fair_order(w.expires_at, w.project_last_turn, w.created_at, now, cfg)
+}
+
+/// Whether the turn holder should yield: it used its quantum, and a waiting
+/// batch of its model would come before it if it queued again now (its
+/// project's last turn being this one). Batches of its own project that are
+/// younger never cut its turn, so a lone tenant's batches run whole.
+fn should_yield(m: &ModelView, queue: &[&WaitView], now: i64, cfg: &SchedulerConfig) -> bool {
+    let Some(turn) = &m.turn else { return false };
+    if turn.held_for < Duration::from_secs(cfg.turn_quantum_secs) {
+        return false;
+    }
+    let holder = fair_order(turn.expires_at, turn.seq, turn.created_at, now, cfg);
+    queue
+        .iter()
+        .any(|w| w.model == m.name && fair_key(w, now, cfg) < holder)
 }
 
 fn pressing(w: &WaitView, now: i64, cfg: &SchedulerConfig) -> bool {
-    is_urgent(w, now, cfg) || w.waited >= Duration::from_secs(cfg.max_swap_delay_secs)
+    is_urgent(w.expires_at, now, cfg) || w.waited >= Duration::from_secs(cfg.max_swap_delay_secs)
 }
 
 /// Whether `m` could be loaded next to the `occupied` models.
@@ -169,15 +230,27 @@ pub fn plan(models: &[ModelView], waiting: &[WaitView], now: i64, cfg: &Schedule
         }
     }
 
-    // Dispatch turns: the first waiting batch of every ready model that is
-    // not draining and has no batch dispatching.
+    // Dispatch turns: for every ready model that is not draining and has no
+    // batch dispatching, its waiting batch that comes first in fair order.
     let mut granted: Vec<&str> = vec![];
     for w in &queue {
         let Some(m) = model(&w.model) else { continue };
         let ready = !m.managed || m.phase == Phase::Loaded;
         if ready && !m.dispatching && !draining.contains(&m.name) && !granted.contains(&m.name.as_str()) {
             granted.push(&m.name);
-            actions.push(Action::Grant(w.batch_id.clone()));
+            let next = queue
+                .iter()
+                .filter(|o| o.model == m.name)
+                .min_by_key(|o| fair_key(o, now, cfg))
+                .unwrap_or(w);
+            actions.push(Action::Grant(next.batch_id.clone()));
+        }
+    }
+
+    // Time slices: a turn held past its quantum yields to a batch that goes first.
+    for m in models {
+        if should_yield(m, &queue, now, cfg) {
+            actions.push(Action::Yield(m.name.clone()));
         }
     }
 
@@ -229,6 +302,7 @@ mod tests {
             max_swap_delay_secs: 60,
             urgency_margin_secs: 600,
             max_restarts: 3,
+            turn_quantum_secs: 60,
         }
     }
 
@@ -240,6 +314,7 @@ mod tests {
             device: None,
             running,
             dispatching: running > 0,
+            turn: None,
             idle_for: Duration::ZERO,
         }
     }
@@ -248,6 +323,8 @@ mod tests {
         WaitView {
             batch_id: id.into(),
             model: model.into(),
+            project: "p".into(),
+            project_last_turn: 0,
             created_at,
             expires_at: Some(created_at + 86_400),
             waited: Duration::from_secs(waited_secs),
@@ -359,5 +436,137 @@ mod tests {
                 Action::Unload("i".into())
             ]
         );
+    }
+
+    /// A waiting batch of `project`, whose last turn on the model was `last_turn`.
+    fn wait_of(id: &str, project: &str, last_turn: u64, created_at: i64) -> WaitView {
+        WaitView {
+            project: project.into(),
+            project_last_turn: last_turn,
+            ..wait(id, "a", created_at, 0)
+        }
+    }
+
+    /// Model `a`, loaded, with a batch created at `created_at` holding turn
+    /// number `seq` for `held_secs`.
+    fn holding(created_at: i64, seq: u64, held_secs: u64) -> ModelView {
+        let mut a = model("a", Phase::Loaded, 1);
+        a.turn = Some(TurnView {
+            created_at,
+            expires_at: Some(created_at + 86_400),
+            seq,
+            held_for: Duration::from_secs(held_secs),
+        });
+        a
+    }
+
+    /// Runs model `a` the way the manager does, every turn to the batch's
+    /// end: grants the planned batch, numbers the turn, and removes the batch
+    /// from the queue. Returns the projects in the order they got turns.
+    fn turn_order(mut queue: Vec<WaitView>) -> Vec<String> {
+        let mut order = vec![];
+        let mut last_turn: std::collections::HashMap<String, u64> = Default::default();
+        for seq in 1.. {
+            for w in &mut queue {
+                w.project_last_turn = last_turn.get(&w.project).copied().unwrap_or(0);
+            }
+            let actions = plan(&[model("a", Phase::Loaded, 0)], &queue, 100, &cfg());
+            let Some(Action::Grant(id)) = actions.first() else {
+                break;
+            };
+            let i = queue.iter().position(|w| &w.batch_id == id).unwrap();
+            let granted = queue.remove(i);
+            last_turn.insert(granted.project.clone(), seq);
+            order.push(granted.project);
+        }
+        order
+    }
+
+    #[test]
+    fn projects_take_turns_round_robin_and_a_big_queue_does_not_hold_the_model() {
+        // p1 queued five batches before p2 and p3 queued theirs.
+        let mut queue: Vec<WaitView> = (0..5).map(|i| wait_of(&format!("p1-{i}"), "p1", 0, i)).collect();
+        queue.push(wait_of("p2-0", "p2", 0, 10));
+        queue.push(wait_of("p2-1", "p2", 0, 11));
+        queue.push(wait_of("p3-0", "p3", 0, 12));
+        assert_eq!(turn_order(queue), ["p1", "p2", "p3", "p1", "p2", "p1", "p1", "p1"]);
+    }
+
+    #[test]
+    fn within_a_project_batches_keep_their_fifo_order() {
+        let queue = vec![wait_of("late", "p1", 3, 30), wait_of("early", "p1", 3, 10)];
+        let models = [model("a", Phase::Loaded, 0)];
+        assert_eq!(plan(&models, &queue, 100, &cfg()), vec![Action::Grant("early".into())]);
+    }
+
+    #[test]
+    fn the_project_whose_last_turn_is_oldest_goes_next_even_with_younger_batches() {
+        // p1 just had turn 7; p2 last had turn 4, its batch is the youngest.
+        let queue = vec![wait_of("p1-old", "p1", 7, 1), wait_of("p2-new", "p2", 4, 50)];
+        let models = [model("a", Phase::Loaded, 0)];
+        assert_eq!(plan(&models, &queue, 100, &cfg()), vec![Action::Grant("p2-new".into())]);
+    }
+
+    #[test]
+    fn an_urgent_batch_gets_the_next_turn_whatever_its_project() {
+        // p1 just had its turn, but its batch is near expiry: it goes before p2.
+        let mut urgent = wait_of("p1-urgent", "p1", 9, 1);
+        urgent.expires_at = Some(150);
+        let queue = vec![wait_of("p2", "p2", 0, 5), urgent];
+        let models = [model("a", Phase::Loaded, 0)];
+        assert_eq!(
+            plan(&models, &queue, 100, &cfg()),
+            vec![Action::Grant("p1-urgent".into())]
+        );
+    }
+
+    #[test]
+    fn a_turn_past_its_quantum_yields_when_another_project_waits() {
+        // The holder (turn 3) has dispatched for 61 s (quantum 60); p2 waits.
+        let queue = [wait_of("p2", "p2", 1, 50)];
+        assert_eq!(
+            plan(&[holding(10, 3, 61)], &queue, 100, &cfg()),
+            vec![Action::Yield("a".into())]
+        );
+    }
+
+    #[test]
+    fn a_turn_is_not_cut_before_its_quantum() {
+        let queue = [wait_of("p2", "p2", 1, 50)];
+        assert_eq!(plan(&[holding(10, 3, 59)], &queue, 100, &cfg()), vec![]);
+    }
+
+    #[test]
+    fn a_turn_is_not_cut_for_younger_batches_of_its_own_project() {
+        // Same project (its last turn is this one, 3): a lone tenant's batch runs whole.
+        let queue = [wait_of("mine-later", "p1", 3, 50)];
+        assert_eq!(plan(&[holding(10, 3, 10_000)], &queue, 100, &cfg()), vec![]);
+    }
+
+    #[test]
+    fn an_urgent_turn_is_not_cut_for_a_batch_that_is_not_urgent() {
+        let mut a = holding(10, 3, 10_000);
+        a.turn.as_mut().unwrap().expires_at = Some(150);
+        let queue = [wait_of("p2", "p2", 1, 50)];
+        assert_eq!(plan(&[a], &queue, 100, &cfg()), vec![]);
+    }
+
+    #[test]
+    fn a_turn_past_its_quantum_yields_to_an_urgent_batch_of_its_own_project() {
+        let mut urgent = wait_of("mine-urgent", "p1", 3, 50);
+        urgent.expires_at = Some(150);
+        assert_eq!(
+            plan(&[holding(10, 3, 61)], &[urgent], 100, &cfg()),
+            vec![Action::Yield("a".into())]
+        );
+    }
+
+    #[test]
+    fn a_yielded_batch_queues_behind_the_project_it_yielded_to() {
+        // After yielding, the holder (p1, turn 3) waits next to p2 (turn 1):
+        // p2 gets the turn, so a yield never hands the turn straight back.
+        let queue = [wait_of("p1-yielded", "p1", 3, 10), wait_of("p2", "p2", 1, 50)];
+        let models = [model("a", Phase::Loaded, 0)];
+        assert_eq!(plan(&models, &queue, 100, &cfg()), vec![Action::Grant("p2".into())]);
     }
 }

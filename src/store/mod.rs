@@ -98,6 +98,33 @@ pub trait BatchRepo: Send + Sync {
         files: &[FinishedFile],
         now: i64,
     ) -> Result<bool>;
+    /// Inserts the batch unless its project already has `max_active` active
+    /// batches (then false); one transaction, so concurrent creates cannot
+    /// overshoot the limit.
+    async fn insert_batch_within_limit(&self, batch: &BatchRecord, max_active: u64) -> Result<bool>;
+    /// `start`, unless the project's enqueued lines (not yet run, over its
+    /// `in_progress` batches) plus `total` would exceed `max_enqueued`. One
+    /// transaction, so batches whose validation ends at once cannot overshoot.
+    async fn start_within_enqueued_limit(
+        &self,
+        id: &str,
+        model: &str,
+        total: i64,
+        now: i64,
+        max_enqueued: u64,
+    ) -> Result<StartOutcome>;
+}
+
+/// What `start_within_enqueued_limit` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started,
+    /// The batch was no longer `validating` (cancelled meanwhile).
+    NotValidating,
+    /// Not started: the project already has this many lines enqueued.
+    OverEnqueuedLimit {
+        enqueued: i64,
+    },
 }
 
 /// A result file written by finalization, and which of the batch's columns names it.

@@ -272,3 +272,22 @@ pub async fn create_batch_at(http: &reqwest::Client, api: &str, key: Option<&str
     let batch: Value = request.send().await.unwrap().json().await.unwrap();
     batch["id"].as_str().expect("a batch id").to_owned()
 }
+
+/// Creates an API key for `project` with the real CLI, on the running
+/// server's database; returns the CLI's JSON (with `secret`).
+pub fn create_key(h: &Harness, project: &str, admin: bool) -> Value {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_batchd"));
+    cmd.args(["keys", "--data-dir"]).arg(&h.config.server.data_dir).args([
+        "create",
+        "--project",
+        project,
+        "--name",
+        "test",
+    ]);
+    if admin {
+        cmd.arg("--admin");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -8,7 +8,7 @@ use super::write_tx::WriteTx;
 use crate::batch::record::{BatchError, BatchRecord, RequestCounts, Usage};
 use crate::batch::status::BatchStatus;
 use crate::error::{Error, Result};
-use crate::store::{BatchRepo, CancelOutcome, FinishedFile, Page, ResultFileKind};
+use crate::store::{BatchRepo, CancelOutcome, FinishedFile, Page, ResultFileKind, StartOutcome};
 
 fn batch_from_row(row: &SqliteRow) -> Result<BatchRecord> {
     let status: String = row.get("status");
@@ -314,6 +314,95 @@ impl BatchRepo for SqliteStore {
         tx.commit().await?;
         Ok(true)
     }
+
+    async fn insert_batch_within_limit(&self, b: &BatchRecord, max_active: u64) -> Result<bool> {
+        let metadata = b
+            .metadata
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(Error::internal)?;
+        // One statement: SQLite runs writes one at a time, so the count and
+        // the insert see the same state.
+        let sql = format!(
+            "INSERT INTO batches (id, project_id, endpoint, model, input_file_id, completion_window, status,
+                                  metadata, output_expires_after, created_at, expires_at)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+             WHERE (SELECT COUNT(*) FROM batches WHERE project_id = ?2 AND {}) < ?12",
+            active_clause()
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(&b.id)
+            .bind(&b.project_id)
+            .bind(&b.endpoint)
+            .bind(&b.model)
+            .bind(&b.input_file_id)
+            .bind(&b.completion_window)
+            .bind(b.status.as_str())
+            .bind(metadata)
+            .bind(b.output_expires_after)
+            .bind(b.created_at)
+            .bind(b.expires_at)
+            .bind(i64::try_from(max_active).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn start_within_enqueued_limit(
+        &self,
+        id: &str,
+        model: &str,
+        total: i64,
+        now: i64,
+        max_enqueued: u64,
+    ) -> Result<StartOutcome> {
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        // Lines of the project's running batches that have no result yet.
+        let enqueued: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(total_requests - completed_requests - failed_requests), 0) FROM batches
+             WHERE status = 'in_progress' AND id != ?1
+               AND project_id = (SELECT project_id FROM batches WHERE id = ?1)",
+        )
+        .bind(id)
+        .fetch_one(tx.conn())
+        .await?;
+        if enqueued.saturating_add(total) > i64::try_from(max_enqueued).unwrap_or(i64::MAX) {
+            tx.rollback().await?;
+            return Ok(StartOutcome::OverEnqueuedLimit { enqueued });
+        }
+        let to = BatchStatus::InProgress;
+        let sql = format!(
+            "UPDATE batches SET status = ?2{}, model = ?4, total_requests = ?5,
+                    input_tokens = 0, cached_tokens = 0, output_tokens = 0, reasoning_tokens = 0, total_tokens = 0
+             WHERE id = ?3 AND {}",
+            stamp_clause(to),
+            from_clause(to)
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(to.as_str())
+            .bind(id)
+            .bind(model)
+            .bind(total)
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        Ok(if done.rows_affected() == 1 {
+            StartOutcome::Started
+        } else {
+            StartOutcome::NotValidating
+        })
+    }
+}
+
+/// `status IN (...)` for the statuses that count as active (see `BatchStatus::ACTIVE`).
+fn active_clause() -> String {
+    let list: Vec<String> = BatchStatus::ACTIVE
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!("status IN ({})", list.join(", "))
 }
 
 /// Queues the webhook event of a terminal transition, in the transition's own
