@@ -313,3 +313,55 @@ async fn sigkill_aimed_at_validating_cancelling_and_finalizing_loses_and_duplica
     }
     stop(&mut server, Stop::Kill);
 }
+
+/// A batch killed while `finalizing` writes its files again after the
+/// restart, from its stored results; once it has ended, those results are
+/// only in its files (the rows went in the transaction that ended it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_finalizing_still_yields_exactly_once_files_and_no_stored_results() {
+    let backend = FakeBackend::start("127.0.0.1:0".parse().unwrap(), Duration::from_millis(2))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(
+        dir.path(),
+        &backend.url(),
+        "[limits]\nmax_batch_lines = 50000\nmax_batch_input_bytes = 104857600\nmax_upload_bytes = 104857600\n\
+         [execution]\npoll_interval_ms = 50",
+        "max_concurrency = 64",
+    );
+    let http = reqwest::Client::new();
+    let (mut server, mut api) = start(&config);
+    let lines = 20_000;
+    let mut batches = vec![];
+    let mut landed = false;
+    for prefix in ["f0-", "f1-", "f2-"] {
+        let id = create_batch(&http, &api, prefix, lines).await;
+        landed = kill_when(&http, &api, &id, "finalizing", &mut server).await;
+        (server, api) = start(&config);
+        batches.push((id, prefix));
+        if landed {
+            break;
+        }
+    }
+    assert!(landed, "no kill landed while finalizing");
+    let db = common::open_db(&dir.path().join("data")).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for (id, prefix) in &batches {
+        let batch = loop {
+            let b = status_of(&http, &api, id).await;
+            if b["status"] == "completed" {
+                break b;
+            }
+            assert!(Instant::now() < deadline, "batch stuck: {b}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        verify(&http, &api, &batch, prefix, lines).await;
+        assert_eq!(
+            common::result_rows(&db, id).await,
+            0,
+            "{id} keeps its results in the database"
+        );
+    }
+    stop(&mut server, Stop::Kill);
+}

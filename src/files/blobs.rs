@@ -60,9 +60,15 @@ impl Blobs {
     }
 
     /// Local-disk store rooted at `dir` (created if missing).
+    ///
+    /// Every object is fsynced (file and directory) before it appears: its
+    /// File row is committed only after that, so an OS crash or power loss can
+    /// never leave a File (an upload answered 200, or a terminal batch's
+    /// result file) whose bytes are missing or cut short. The cost is one
+    /// fsync per object, not per line (docs/durability.md, L10).
     pub fn local(dir: &std::path::Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
         Ok(Self::new(Arc::new(store)))
     }
 

@@ -130,17 +130,63 @@ impl FileService {
             .await?
             .ok_or_else(|| not_found(id))?;
         if self.store.file_in_use(&record.id).await? {
-            // A running batch still reads these bytes (also after a restart), so
-            // they stay on disk; reclaiming them afterwards belongs to the
-            // file-expiry sweep (issue 4).
-            tracing::info!(file_id = %record.id, "deleted file is a running batch's input; keeping its bytes");
+            // A batch that has not ended still reads these bytes (also after a
+            // restart), so they stay until it ends; then the file sweep removes
+            // them (`remove_leftover_bytes`).
+            tracing::info!(file_id = %record.id, "deleted file is a running batch's input; keeping its bytes until the batch ends");
             return Ok(record);
         }
-        if let Err(e) = self.blobs.delete(&record.storage_key).await {
-            // The row is already gone from the API; leftover bytes are only disk space.
-            tracing::warn!(file_id = %record.id, error = %e, "could not remove deleted file's bytes");
-        }
+        self.remove_bytes(&record).await;
         Ok(record)
+    }
+
+    /// Removes a deleted file's bytes and records it. A failure is only logged:
+    /// the row is already gone from the API, and the sweep tries again.
+    async fn remove_bytes(&self, record: &FileRecord) -> bool {
+        if let Err(e) = self.blobs.delete(&record.storage_key).await {
+            tracing::warn!(file_id = %record.id, error = %e, "could not remove deleted file's bytes; the sweep retries");
+            return false;
+        }
+        match self.store.bytes_removed(&record.id, ids::now()).await {
+            Ok(()) => true,
+            Err(e) => {
+                // The bytes are gone; the sweep removes them again (a no-op) and records it.
+                tracing::warn!(file_id = %record.id, error = %e, "could not record that a file's bytes are removed");
+                false
+            }
+        }
+    }
+
+    /// Removes the bytes that deleted files left behind: inputs deleted or
+    /// expired while a batch read them (now that no unfinished batch does),
+    /// and removals that failed. Returns how many files' bytes went.
+    pub async fn remove_leftover_bytes(&self) -> Result<usize> {
+        const PAGE: u32 = 500;
+        let mut removed = 0;
+        loop {
+            let files = self.store.files_with_bytes_to_remove(PAGE).await?;
+            let full = files.len() == PAGE as usize;
+            let mut all_went = true;
+            for file in &files {
+                if self.remove_bytes(file).await {
+                    removed += 1;
+                } else {
+                    all_went = false;
+                }
+            }
+            // A failure would be selected again at once: leave it to the next sweep.
+            if !full || !all_went {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Gives free database pages (left by deleted rows) back to the file system,
+    /// a bounded amount per call so a sweep never holds the database long.
+    pub async fn release_free_pages(&self) -> Result<u64> {
+        /// 16 MB of 4 KB pages per sweep.
+        const MAX_PAGES: u32 = 4096;
+        self.store.release_free_pages(MAX_PAGES).await
     }
 
     /// Deletes every file whose `expires_after` has passed (input files still

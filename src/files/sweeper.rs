@@ -1,6 +1,8 @@
 //! The background task that deletes expired files (`expires_after` on
 //! uploads, `output_expires_after` and the 30-day default on batch files),
-//! and expires Uploads API uploads left unfinished for an hour.
+//! expires Uploads API uploads left unfinished for an hour, removes the bytes
+//! of deleted files once no unfinished batch reads them, and gives free
+//! database pages back.
 
 use std::time::Duration;
 
@@ -26,6 +28,15 @@ pub fn spawn(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(files = n, "deleted expired files"),
                 Err(e) => tracing::error!(error = %e, "could not delete expired files"),
+            }
+            // After expiry, so bytes of files that just expired unused go in this pass.
+            match files.remove_leftover_bytes().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(files = n, "removed bytes of deleted files no batch reads any more"),
+                Err(e) => tracing::error!(error = %e, "could not remove bytes of deleted files"),
+            }
+            if let Err(e) = files.release_free_pages().await {
+                tracing::warn!(error = %e, "could not release free database pages");
             }
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -35,7 +35,9 @@ pub struct ModelStatus {
     pub running_batches: usize,
     /// Times it was loaded (started or woken) since batchd started.
     pub loads: u64,
-    /// Why its last start failed, if it did.
+    /// Why its last start failed, if it did. Every tenant sees it (and failed
+    /// batches copy it), so it is a general reason, never the server's output
+    /// (`ServerProcess::start` logs that for the operator).
     pub last_error: Option<String>,
     /// The model server's process id while it runs.
     pub pid: Option<u32>,

@@ -1,7 +1,8 @@
 //! One model server process: started in its own process group with its output
-//! in a log file, polled until healthy (a premature exit is reported with the
-//! log's last lines), watched for crashes, and stopped with a signal to the
-//! whole group, a grace period, then SIGKILL.
+//! in a log file (one per start, the previous start's kept as `.1`), polled
+//! until healthy (a premature exit is logged for the operator with the log's
+//! last lines), watched for crashes, and stopped with a signal to the whole
+//! group, a grace period, then SIGKILL.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -62,19 +63,16 @@ fn free_port() -> std::io::Result<u16> {
 
 impl ServerProcess {
     /// Starts the server and returns once its health check passes. On any
-    /// failure the process group is killed and the error says why, with the
-    /// log's last lines.
+    /// failure the process group is killed and the error says why in general
+    /// terms: it is shown to every tenant (`/v1/models`, failed batches), so it
+    /// never carries the server's output, which may hold other tenants'
+    /// prompts. The details (and the log's last lines) go to the operator log.
     pub async fn start(spec: &LaunchSpec, http: &reqwest::Client) -> Result<Self, String> {
-        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        if let Some(dir) = spec.log_path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log_path)
-            .map_err(|e| format!("cannot open {}: {e}", spec.log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let port = free_port().map_err(|e| operator_detail(spec, "no free port", &e))?;
+        let log = open_fresh_log(&spec.log_path).map_err(|e| operator_detail(spec, "cannot open its log file", &e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| operator_detail(spec, "cannot open its log file", &e))?;
         let port_text = port.to_string();
         let args: Vec<OsString> = spec
             .args
@@ -90,7 +88,7 @@ impl ServerProcess {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", spec.program.display()))?;
+            .map_err(|e| operator_detail(spec, &format!("cannot run {}", spec.program.display()), &e))?;
         let pid = Pid::from_raw(child.id().expect("a just-spawned child has a pid") as i32);
         let (exit_tx, exited) = watch::channel(None);
         tokio::spawn(async move {
@@ -111,11 +109,11 @@ impl ServerProcess {
         let deadline = tokio::time::Instant::now() + spec.start_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
-            if let Some(status) = *process.exited.borrow() {
-                return Err(format!(
-                    "the server exited ({status}) before it became healthy; last log lines: {}",
-                    log_tail(&spec.log_path)
-                ));
+            let exited = *process.exited.borrow();
+            if let Some(status) = exited {
+                let reason = format!("the model server exited ({status}) before it became healthy");
+                log_failed_start(spec, &reason);
+                return Err(format!("{reason}; the operator's log has the details"));
             }
             let probe = http.get(&health).timeout(Duration::from_secs(5)).send().await;
             if probe.is_ok_and(|r| r.status().is_success()) {
@@ -123,11 +121,12 @@ impl ServerProcess {
             }
             if tokio::time::Instant::now() >= deadline {
                 process.kill_now().await;
-                return Err(format!(
-                    "{health} did not answer 2xx within {}s; last log lines: {}",
-                    spec.start_timeout.as_secs(),
-                    log_tail(&spec.log_path)
-                ));
+                let reason = format!(
+                    "the model server did not answer its health check within {}s",
+                    spec.start_timeout.as_secs()
+                );
+                log_failed_start(spec, &format!("{reason} ({health})"));
+                return Err(format!("{reason}; the operator's log has the details"));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(100));
@@ -199,12 +198,145 @@ impl ServerProcess {
     }
 }
 
-/// The last lines of a log, to explain a failed start.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().filter(|l| !l.trim().is_empty()).take(5).collect();
-    if lines.is_empty() {
+/// Bytes read from the end of a model server's log to explain a failed start.
+const TAIL_BYTES: u64 = 4096;
+/// Lines of that tail shown in the operator log.
+const TAIL_LINES: usize = 5;
+
+/// Opens the log for a new start: the previous start's log is kept as
+/// `NAME.log.1` (replacing the one before), so the log, and the tail of a
+/// failed start, hold this start's output only and never grow across starts.
+fn open_fresh_log(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut previous = path.as_os_str().to_owned();
+    previous.push(".1");
+    match std::fs::rename(path, &previous) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+}
+
+/// A start that failed before the process ran: the operator log gets the
+/// details (paths, OS errors); the returned reason is for tenants.
+fn operator_detail(spec: &LaunchSpec, what: &str, e: &dyn std::fmt::Display) -> String {
+    tracing::error!(model = %spec.model, error = %e, "model server could not be started: {what}");
+    "the model server could not be started; the operator's log has the details".into()
+}
+
+/// The operator log gets the failed start's reason with its log's last lines.
+fn log_failed_start(spec: &LaunchSpec, reason: &str) {
+    tracing::error!(
+        model = %spec.model,
+        log = %spec.log_path.display(),
+        last_log_lines = %log_tail(&spec.log_path, TAIL_BYTES, TAIL_LINES),
+        "{reason}"
+    );
+}
+
+/// The last `lines` non-empty lines within the last `max_bytes` of a log,
+/// joined with " | ". Reads only those bytes, however large the log is.
+fn log_tail(path: &Path, max_bytes: u64, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let read = || -> std::io::Result<(Vec<u8>, bool)> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let start = len.saturating_sub(max_bytes);
+        file.seek(SeekFrom::Start(start))?;
+        let mut bytes = Vec::with_capacity((len - start) as usize);
+        file.take(max_bytes).read_to_end(&mut bytes)?;
+        Ok((bytes, start > 0))
+    };
+    let Ok((bytes, cut)) = read() else {
+        return "(no log)".into();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    // The window's first line is most likely cut in the middle: drop it,
+    // unless it is all there is (one very long last line).
+    let text = match text.split_once('\n') {
+        Some((_, rest)) if cut && !rest.trim().is_empty() => rest,
+        _ => &text,
+    };
+    let tail: Vec<&str> = text
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(lines)
+        .collect();
+    if tail.is_empty() {
         return "(empty)".into();
     }
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_tail_of_a_big_log_is_its_last_lines_read_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.log");
+        let mut log = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        // 20 MB of earlier output, then a line longer than the window, then the end.
+        for i in 0..200_000 {
+            writeln!(log, "early line {i:06} {}", "x".repeat(90)).unwrap();
+        }
+        writeln!(log, "{}", "y".repeat(10_000)).unwrap();
+        for i in 0..7 {
+            writeln!(log, "late line {i}").unwrap();
+        }
+        writeln!(log).unwrap();
+        drop(log);
+        assert!(std::fs::metadata(&path).unwrap().len() > 20_000_000);
+        assert_eq!(
+            log_tail(&path, TAIL_BYTES, TAIL_LINES),
+            "late line 2 | late line 3 | late line 4 | late line 5 | late line 6"
+        );
+        // A window that starts inside a line: the cut line is dropped.
+        assert_eq!(
+            log_tail(&path, 40, TAIL_LINES),
+            "late line 4 | late line 5 | late line 6"
+        );
+
+        // A last line longer than the window: its end is all there is to show.
+        let mut log = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        writeln!(log, "{}", "z".repeat(10_000)).unwrap();
+        let tail = log_tail(&path, TAIL_BYTES, TAIL_LINES);
+        assert_eq!(tail, "z".repeat(TAIL_BYTES as usize - 1));
+    }
+
+    #[test]
+    fn a_small_or_missing_log_has_a_tail_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.log");
+        assert_eq!(log_tail(&path, TAIL_BYTES, TAIL_LINES), "(no log)");
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(log_tail(&path, TAIL_BYTES, TAIL_LINES), "(empty)");
+        std::fs::write(&path, "only line").unwrap();
+        assert_eq!(log_tail(&path, TAIL_BYTES, TAIL_LINES), "only line");
+    }
+
+    #[test]
+    fn each_start_gets_a_fresh_log_and_keeps_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/model.log");
+        for run in ["first", "second", "third"] {
+            let mut log = open_fresh_log(&path).unwrap();
+            writeln!(log, "{run} run").unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "third run\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("logs/model.log.1")).unwrap(),
+            "second run\n"
+        );
+    }
 }

@@ -49,6 +49,12 @@ pub trait FileRepo: Send + Sync {
     async fn file_in_use(&self, id: &str) -> Result<bool>;
     /// Marks the file deleted and returns it, or `None` if it was not live.
     async fn delete_file(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>>;
+    /// Deleted files whose bytes are still stored although no unfinished
+    /// batch reads them any more (they were in use when deleted, or removing
+    /// them failed), longest deleted first.
+    async fn files_with_bytes_to_remove(&self, limit: u32) -> Result<Vec<FileRecord>>;
+    /// Records that a deleted file's bytes are gone, so no sweep looks at it again.
+    async fn bytes_removed(&self, id: &str, now: i64) -> Result<()>;
 }
 
 /// Result of asking to cancel a batch.
@@ -90,6 +96,8 @@ pub trait BatchRepo: Send + Sync {
     async fn request_cancel(&self, project_id: &str, id: &str, now: i64) -> Result<CancelOutcome>;
     /// Registers the result files and moves the batch to its terminal status,
     /// in one transaction, so a batch is never terminal without its files.
+    /// The same transaction deletes the batch's stored results: from then on
+    /// the files are the results, and nothing reads a terminal batch's rows.
     async fn finish(
         &self,
         id: &str,
@@ -240,5 +248,14 @@ pub struct WebhookEvent {
     pub attempts: i64,
 }
 
-pub trait Store: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo + EventRepo {}
-impl<T: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo + EventRepo> Store for T {}
+/// Upkeep of the metadata store itself.
+#[async_trait]
+pub trait MaintenanceRepo: Send + Sync {
+    /// Gives up to `max_pages` free database pages back to the file system
+    /// (rows deleted by retention leave free pages behind). Returns how many
+    /// were free before; a no-op on stores that cannot shrink incrementally.
+    async fn release_free_pages(&self, max_pages: u32) -> Result<u64>;
+}
+
+pub trait Store: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo + EventRepo + MaintenanceRepo {}
+impl<T: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo + EventRepo + MaintenanceRepo> Store for T {}

@@ -291,3 +291,22 @@ pub fn create_key(h: &Harness, project: &str, admin: bool) -> Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Opens the server's SQLite database in `data_dir`, to check what it keeps.
+pub async fn open_db(data_dir: &std::path::Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("batchd.db"));
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+/// How many `batch_results` rows the database keeps for `batch_id`.
+pub async fn result_rows(db: &sqlx::SqlitePool, batch_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM batch_results WHERE batch_id = ?")
+        .bind(batch_id)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}

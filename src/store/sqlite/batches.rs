@@ -4,6 +4,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteStore;
 use super::files::insert_file;
+use super::results::delete_results;
 use super::write_tx::WriteTx;
 use crate::batch::record::{BatchError, BatchRecord, RequestCounts, Usage};
 use crate::batch::status::BatchStatus;
@@ -310,6 +311,9 @@ impl BatchRepo for SqliteStore {
                 .execute(tx.conn())
                 .await?;
         }
+        // The files now hold every result: the rows (full model responses)
+        // would otherwise stay forever, even after the files are deleted.
+        delete_results(tx.conn(), id).await?;
         record_event(tx.conn(), id, to, now).await?;
         tx.commit().await?;
         Ok(true)

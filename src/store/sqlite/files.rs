@@ -10,6 +10,9 @@ use crate::store::{FileListQuery, FileRepo, Order, Page};
 
 const COLUMNS: &str = "id, project_id, filename, purpose, bytes, created_at, expires_at, storage_key";
 
+/// Statuses of a batch that may still read its input file.
+const READING_STATUSES: &str = "'validating', 'in_progress', 'finalizing', 'cancelling'";
+
 pub(super) fn file_from_row(row: &SqliteRow) -> FileRecord {
     FileRecord {
         id: row.get("id"),
@@ -82,10 +85,9 @@ impl FileRepo for SqliteStore {
     }
 
     async fn file_in_use(&self, id: &str) -> Result<bool> {
-        let in_use: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM batches WHERE input_file_id = ?
-             AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling') LIMIT 1",
-        )
+        let in_use: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT 1 FROM batches WHERE input_file_id = ? AND status IN ({READING_STATUSES}) LIMIT 1"
+        )))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
@@ -146,5 +148,30 @@ impl FileRepo for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(file_from_row))
+    }
+
+    async fn files_with_bytes_to_remove(&self, limit: u32) -> Result<Vec<FileRecord>> {
+        // A batch never starts reading a deleted file (validation looks up live
+        // files only), so once no unfinished batch reads it, none ever will.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM files AS f
+             WHERE f.deleted_at IS NOT NULL AND f.bytes_removed_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM batches AS b
+                               WHERE b.input_file_id = f.id AND b.status IN ({READING_STATUSES}))
+             ORDER BY f.deleted_at LIMIT ?"
+        )))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(file_from_row).collect())
+    }
+
+    async fn bytes_removed(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE files SET bytes_removed_at = ? WHERE id = ? AND bytes_removed_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@ mod batches;
 mod events;
 mod files;
 mod keys;
+mod maintenance;
 mod results;
 mod uploads;
 mod write_tx;
@@ -14,7 +15,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -27,6 +30,10 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
+            // Lets the file sweep give the pages of deleted results back to the
+            // file system. Takes effect only on a database created with it:
+            // an older one needs a VACUUM once (docs/durability.md, M7).
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL in WAL mode: a committed transaction survives a process crash
             // (kill -9); only an OS crash or power loss can lose the last commits.

@@ -20,6 +20,16 @@ struct Delta {
     usage: Usage,
 }
 
+/// Deletes a batch's stored results. Called by the terminal transition, in
+/// its transaction, once the result files hold them (docs/durability.md).
+pub(super) async fn delete_results<'e, E: sqlx::SqliteExecutor<'e>>(executor: E, batch_id: &str) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM batch_results WHERE batch_id = ?")
+        .bind(batch_id)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 #[async_trait]
 impl ResultRepo for SqliteStore {
     async fn record_results(&self, results: &[LineResult]) -> Result<()> {
