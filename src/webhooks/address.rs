@@ -109,18 +109,18 @@ mod tests {
     #[test]
     fn ipv6_forms_that_embed_an_ipv4_address_are_checked_by_that_address() {
         assert_blocked(&[
-            "::127.0.0.1",             // IPv4-compatible, deprecated
-            "::8.8.8.8",               // IPv4-compatible: blocked whatever it embeds
-            "64:ff9b::7f00:1",         // NAT64 of 127.0.0.1
-            "64:ff9b::a9fe:a9fe",      // NAT64 of 169.254.169.254
-            "64:ff9b::10.0.0.1",       // NAT64 of 10.0.0.1
-            "64:ff9b:1::808:808",      // local-use NAT64
-            "2002:7f00:1::",           // 6to4 of 127.0.0.1
-            "2002:a9fe:a9fe::1",       // 6to4 of 169.254.169.254
-            "2002:c0a8:101::",         // 6to4 of 192.168.1.1
-            "fec0::1",                 // site local
-            "feff::1",                 // site local, top of fec0::/10
-            "2001:db8::1",             // documentation
+            "::127.0.0.1",        // IPv4-compatible, deprecated
+            "::8.8.8.8",          // IPv4-compatible: blocked whatever it embeds
+            "64:ff9b::7f00:1",    // NAT64 of 127.0.0.1
+            "64:ff9b::a9fe:a9fe", // NAT64 of 169.254.169.254
+            "64:ff9b::10.0.0.1",  // NAT64 of 10.0.0.1
+            "64:ff9b:1::808:808", // local-use NAT64
+            "2002:7f00:1::",      // 6to4 of 127.0.0.1
+            "2002:a9fe:a9fe::1",  // 6to4 of 169.254.169.254
+            "2002:c0a8:101::",    // 6to4 of 192.168.1.1
+            "fec0::1",            // site local
+            "feff::1",            // site local, top of fec0::/10
+            "2001:db8::1",        // documentation
         ]);
         for allowed in ["64:ff9b::808:808", "2002:808:808::1"] {
             assert!(is_public(allowed.parse().unwrap()), "{allowed} embeds 8.8.8.8");

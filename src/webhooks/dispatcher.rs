@@ -118,7 +118,7 @@ async fn attempt(hook: &WebhookConfig, cfg: &WebhookDeliveryConfig, event: &Webh
     let timestamp = ids::now();
     // Pinned to the address just checked, so a second DNS answer cannot
     // point the request somewhere else.
-    let client = match reqwest::Client::builder()
+    let client = match crate::http_client::builder()
         .resolve(&host, addr)
         .timeout(Duration::from_secs(cfg.timeout_secs))
         .redirect(reqwest::redirect::Policy::none())
@@ -146,6 +146,21 @@ async fn attempt(hook: &WebhookConfig, cfg: &WebhookDeliveryConfig, event: &Webh
     match response {
         Ok(r) if r.status().is_success() => Attempt::Delivered,
         Ok(r) => Attempt::Failed(format!("the endpoint answered {}", r.status())),
-        Err(e) => Attempt::Failed(format!("the request failed: {}", e.without_url())),
+        Err(e) => Attempt::Failed(format!("the request failed: {}", describe(e.without_url()))),
+    }
+}
+
+/// reqwest's message plus its innermost cause, which says what went wrong
+/// ("Connection refused", "invalid peer certificate: UnknownIssuer").
+fn describe(e: reqwest::Error) -> String {
+    let mut innermost = None;
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        innermost = Some(cause);
+        source = cause.source();
+    }
+    match innermost {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
