@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 /// Starts a process and waits for its "... listening on http://ADDR" line;
 /// returns the process and the URL.
 pub fn spawn_listening(mut cmd: Command) -> (Child, String) {
+    // The caller's plain `reqwest::Client`s need a default rustls provider.
+    batchd::http_client::install_crypto_provider();
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();

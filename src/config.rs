@@ -45,6 +45,9 @@ pub struct WebhookDeliveryConfig {
     /// Events not delivered within this many hours are given up (OpenAI: 72).
     pub max_age_hours: u64,
     pub timeout_secs: u64,
+    /// Delivered and given-up events are deleted from the outbox this many
+    /// hours after they finished (0: at the next cleanup, hourly and at start).
+    pub retention_hours: u64,
 }
 
 impl Default for WebhookDeliveryConfig {
@@ -54,6 +57,7 @@ impl Default for WebhookDeliveryConfig {
             retry_initial_secs: 5.0,
             max_age_hours: 72,
             timeout_secs: 10,
+            retention_hours: 168,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod files;
+pub mod http_client;
 pub mod ids;
 pub mod metrics;
 pub mod models;

@@ -37,11 +37,58 @@ async fn receiver() -> (String, Seen) {
 }
 
 fn hook(url: &str) -> WebhookConfig {
+    hook_for("default", url)
+}
+
+fn hook_for(project: &str, url: &str) -> WebhookConfig {
     WebhookConfig {
-        project: "default".into(),
+        project: project.into(),
         url: url.into(),
         secret: "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0".into(),
     }
+}
+
+/// The number of rows of the server's webhook outbox matching `filter`.
+async fn outbox_rows(h: &Harness, filter: &str) -> i64 {
+    let db = h.config.server.data_dir.join("batchd.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let sql = format!("SELECT COUNT(*) FROM webhook_events WHERE {filter}");
+    let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    count
+}
+
+async fn wait_rows(h: &Harness, filter: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = outbox_rows(h, filter).await;
+        if rows == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} outbox rows with {filter}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates an API key for `project` with the real CLI; returns its secret.
+fn create_key(h: &Harness, project: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .args(["keys", "--data-dir"])
+        .arg(&h.config.server.data_dir)
+        .args(["create", "--project", project, "--name", "test"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    key["secret"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -104,4 +151,99 @@ async fn loopback_endpoints_are_refused_unless_allowed() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(seen.lock().unwrap().is_empty(), "nothing reached the loopback receiver");
+}
+
+#[tokio::test]
+async fn projects_without_a_webhook_leave_no_outbox_rows() {
+    let (url, seen) = receiver().await;
+    // Only another project has an endpoint.
+    let h = Harness::start_with(|c| {
+        c.webhooks = vec![hook_for("someone-else", &url)];
+        c.webhook_delivery.allow_private_addresses = true;
+    })
+    .await;
+    for model in ["fake-model", "no-such-model"] {
+        let file = h.upload_lines(&[chat_line("a", model, "hi")]).await;
+        let batch = h.create_batch(&file, "/v1/chat/completions").await;
+        h.wait_terminal(batch["id"].as_str().unwrap()).await;
+    }
+    // The event row would be written in the terminal transition itself.
+    assert_eq!(outbox_rows(&h, "1 = 1").await, 0);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn finished_events_are_deleted_after_the_retention_period() {
+    let (url, seen) = receiver().await;
+    let mut h = Harness::start_with(|c| {
+        c.webhooks = vec![hook(&url)];
+        c.webhook_delivery.allow_private_addresses = true;
+        c.webhook_delivery.retention_hours = 0;
+    })
+    .await;
+    let file = h.upload_lines(&[chat_line("a", "fake-model", "hi")]).await;
+    let batch = h.create_batch(&file, "/v1/chat/completions").await;
+    h.wait_terminal(batch["id"].as_str().unwrap()).await;
+    wait_rows(&h, "delivered_at IS NOT NULL", 1).await;
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // Cleanup runs at start (and hourly).
+    h.restart().await;
+    wait_rows(&h, "1 = 1", 0).await;
+}
+
+#[tokio::test]
+async fn an_endpoint_that_never_answers_does_not_hold_up_other_projects() {
+    // Project "slow"'s endpoint accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_url = format!("http://{}/hook", hang.local_addr().unwrap());
+    let held: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
+    let holder = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = hang.accept().await {
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    let (url, seen) = receiver().await;
+    let h = Harness::start_with(|c| {
+        c.webhooks = vec![hook_for("slow", &hang_url), hook_for("fast", &url)];
+        c.webhook_delivery.allow_private_addresses = true;
+        // One delivery after another, the slow project would hold up
+        // everyone for an hour per event.
+        c.webhook_delivery.timeout_secs = 3600;
+    })
+    .await;
+    let slow = create_key(&h, "slow");
+    let fast = create_key(&h, "fast");
+    for _ in 0..2 {
+        common::create_batch_at(
+            &h.http,
+            &h.base,
+            Some(&slow),
+            format!("{}\n", chat_line("a", "fake-model", "hi")),
+        )
+        .await;
+    }
+    // The slow project's deliveries have started (and hang)...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the slow endpoint was never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the fast project's event still arrives.
+    let id = common::create_batch_at(
+        &h.http,
+        &h.base,
+        Some(&fast),
+        format!("{}\n", chat_line("a", "fake-model", "hi")),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(event) = seen.lock().unwrap().first() {
+            assert_eq!(event["data"]["id"], id.as_str());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fast project's event did not arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

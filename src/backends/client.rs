@@ -205,10 +205,23 @@ fn describe(e: reqwest::Error) -> String {
     if e.is_timeout() {
         "the backend did not answer in time".into()
     } else if e.is_connect() {
-        "could not connect to the backend".into()
+        // The innermost cause says why: "Connection refused", or for HTTPS
+        // "invalid peer certificate: UnknownIssuer" (no URL, no body).
+        match innermost_cause(&e) {
+            Some(cause) => format!("could not connect to the backend: {cause}"),
+            None => "could not connect to the backend".into(),
+        }
     } else {
         format!("the connection to the backend failed: {}", e.without_url())
     }
+}
+
+fn innermost_cause(e: &reqwest::Error) -> Option<String> {
+    let mut cause = std::error::Error::source(e)?;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    Some(cause.to_string())
 }
 
 #[cfg(test)]

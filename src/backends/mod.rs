@@ -23,7 +23,8 @@ pub struct ModelRegistry {
 
 impl ModelRegistry {
     pub fn new(models: &[ModelConfig], execution: &ExecutionConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        crate::http_client::check_roots()?;
+        let http = crate::http_client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(execution.request_timeout_secs))
             .pool_max_idle_per_host(1024)

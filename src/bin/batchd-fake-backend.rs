@@ -29,12 +29,22 @@ struct Args {
     /// Unix milliseconds to this file (benchmarks).
     #[arg(long)]
     timeline: Option<std::path::PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    use batchd::testing::fake_backend::{FakeBackend, FakeOptions, GpuModel, timeline_event};
+    use batchd::testing::fake_backend::{FakeBackend, FakeOptions, GpuModel, timeline_event, tls};
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config_from_files(cert, key)?),
+        _ => None,
+    };
     timeline_event(args.timeline.as_deref(), "spawned");
     tokio::time::sleep(Duration::from_millis(args.startup_ms)).await;
     let options = FakeOptions {
@@ -44,10 +54,12 @@ async fn main() -> std::io::Result<()> {
             ms_per_token: args.ms_per_token,
         }),
         timeline: args.timeline.clone(),
+        tls,
     };
     let backend = FakeBackend::start_with(args.listen, options).await?;
     timeline_event(args.timeline.as_deref(), "listening");
-    println!("fake backend listening on http://{}", backend.addr);
+    // The last word is the base URL without `/v1`, as the harnesses expect.
+    println!("fake backend listening on {}", backend.url().trim_end_matches("/v1"));
     std::io::stdout().flush()?;
     tokio::signal::ctrl_c().await?;
     Ok(())

@@ -163,7 +163,9 @@ impl ModelManager {
             cfg,
             specs,
             registry,
-            http: reqwest::Client::new(),
+            http: crate::http_client::builder()
+                .build()
+                .expect("a client with batchd's TLS settings builds"),
             state: Mutex::new(State {
                 models: slots,
                 waiting: vec![],

@@ -231,10 +231,18 @@ pub struct UploadPart {
 /// The webhook outbox (rows are written by `BatchRepo`'s terminal transitions).
 #[async_trait]
 pub trait EventRepo: Send + Sync {
-    /// Undelivered events whose next attempt is due, oldest first.
-    async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<WebhookEvent>>;
+    /// Undelivered events whose next attempt is due, oldest first, at most
+    /// `per_project` of each project, so one project's backlog cannot hide
+    /// the others' events.
+    async fn due_events(&self, now: i64, per_project: u32, limit: u32) -> Result<Vec<WebhookEvent>>;
     async fn event_delivered(&self, id: &str, now: i64) -> Result<()>;
     async fn event_failed(&self, id: &str, error: &str, next_attempt_at: Option<i64>, now: i64) -> Result<()>;
+    /// Replaces the set of projects that have a webhook endpoint: terminal
+    /// transitions queue events only for these.
+    async fn set_webhook_projects(&self, projects: &[String]) -> Result<()>;
+    /// Deletes events delivered or given up at or before `finished_before`;
+    /// returns how many.
+    async fn prune_events(&self, finished_before: i64) -> Result<u64>;
 }
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,11 @@
 //! `max_tokens` x `ms_per_token`, and the rest wait in a FIFO queue; `/metrics`
 //! reports vLLM's running and waiting gauges. It also answers vLLM's sleep
 //! mode endpoints (`/sleep`, `/wake_up`, `/is_sleeping`).
+//!
+//! With `FakeOptions::tls` it serves HTTPS (`tls.rs`), like a remote vLLM
+//! behind a certificate of a private CA.
+
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +59,8 @@ pub struct FakeOptions {
     pub gpu: Option<GpuModel>,
     /// Appends `request <unix_ms>` / `response <unix_ms>` lines (benchmarks).
     pub timeline: Option<std::path::PathBuf>,
+    /// Serve HTTPS with this identity (`tls::server_config_from_pem`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Appends one timestamped event to the timeline file, if there is one.
@@ -81,6 +88,7 @@ struct FakeState {
 pub struct FakeBackend {
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
+    scheme: &'static str,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -98,6 +106,9 @@ impl FakeBackend {
     }
 
     pub async fn start_with(listen: SocketAddr, options: FakeOptions) -> std::io::Result<FakeBackend> {
+        // Tests start a fake backend before building their own plain
+        // `reqwest::Client`s, which need a default rustls provider.
+        crate::http_client::install_crypto_provider();
         let stats = Arc::new(Stats::default());
         let state = FakeState {
             delay: options.delay,
@@ -124,15 +135,34 @@ impl FakeBackend {
             .with_state(state);
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(FakeBackend { addr, stats, task })
+        let (scheme, task) = match options.tls {
+            None => (
+                "http",
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                }),
+            ),
+            Some(config) => {
+                let listener = tls::TlsListener::new(listener, config)?;
+                (
+                    "https",
+                    tokio::spawn(async move {
+                        let _ = axum::serve(listener, app).await;
+                    }),
+                )
+            }
+        };
+        Ok(FakeBackend {
+            addr,
+            stats,
+            scheme,
+            task,
+        })
     }
 
     /// Base URL as batchd's config wants it, ending in `/v1`.
     pub fn url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("{}://{}/v1", self.scheme, self.addr)
     }
 
     pub fn stop(&self) {

@@ -3,12 +3,17 @@
 //! backoff (doubling from `retry_initial_secs`, at most an hour apart) until
 //! a 2xx or `max_age_hours`. The outbox lives in the database, so pending
 //! deliveries survive restarts; `webhook-id` is the same on every attempt.
+//! Deliveries run concurrently, a few per project, so a slow or unreachable
+//! endpoint delays only its own project's events. Finished events are
+//! deleted after `retention_hours`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::address::is_public;
@@ -18,6 +23,14 @@ use crate::ids;
 use crate::metrics::{METRICS, labels};
 use crate::store::{Store, WebhookEvent};
 
+/// Deliveries in flight for one project: an endpoint that hangs until the
+/// timeout holds at most this many, and other projects are not held up.
+const PER_PROJECT: usize = 4;
+/// Deliveries in flight in all.
+const IN_FLIGHT: usize = 64;
+/// How often finished events past `retention_hours` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 pub fn spawn(
     store: Arc<dyn Store>,
     hooks: Vec<WebhookConfig>,
@@ -25,14 +38,53 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let projects: Vec<String> = hooks.iter().map(|h| h.project.clone()).collect();
+        if let Err(e) = store.set_webhook_projects(&projects).await {
+            tracing::error!(error = %e, "could not record which projects have webhooks");
+        }
+        let hooks = Arc::new(hooks);
+        let cfg = Arc::new(cfg);
+        // Aborted when the loop returns: a delivery cut off by shutdown is
+        // sent again after restart with the same webhook-id.
+        let mut running = JoinSet::new();
+        // The events being delivered, by task: (event id, project id).
+        let mut in_flight: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
+        let mut next_prune = Instant::now();
         loop {
-            match store.due_events(ids::now(), 50).await {
-                Ok(events) => {
-                    for event in events {
-                        deliver(store.as_ref(), &hooks, &cfg, &event).await;
+            while let Some(done) = running.try_join_next_with_id() {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                in_flight.remove(&id);
+            }
+            if Instant::now() >= next_prune {
+                next_prune = Instant::now() + PRUNE_EVERY;
+                prune(store.as_ref(), &cfg).await;
+            }
+            if in_flight.len() < IN_FLIGHT {
+                match store
+                    .due_events(ids::now(), PER_PROJECT as u32, 4 * IN_FLIGHT as u32)
+                    .await
+                {
+                    Ok(events) => {
+                        for event in events {
+                            if in_flight.len() >= IN_FLIGHT {
+                                break;
+                            }
+                            if !startable(&in_flight, &event) {
+                                continue;
+                            }
+                            let key = (event.id.clone(), event.project_id.clone());
+                            let (store, hooks, cfg) = (store.clone(), hooks.clone(), cfg.clone());
+                            let task = running.spawn(async move {
+                                deliver(store.as_ref(), &hooks, &cfg, &event).await;
+                            });
+                            in_flight.insert(task.id(), key);
+                        }
                     }
+                    Err(e) => tracing::error!(error = %e, "could not read the webhook outbox"),
                 }
-                Err(e) => tracing::error!(error = %e, "could not read the webhook outbox"),
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -40,6 +92,28 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// Whether `event` may start now: not already being delivered (it stays
+/// due until its attempt is recorded), and its project has a free slot.
+fn startable(in_flight: &HashMap<tokio::task::Id, (String, String)>, event: &WebhookEvent) -> bool {
+    let mut of_project = 0;
+    for (id, project) in in_flight.values() {
+        if *id == event.id {
+            return false;
+        }
+        of_project += usize::from(*project == event.project_id);
+    }
+    of_project < PER_PROJECT
+}
+
+async fn prune(store: &dyn Store, cfg: &WebhookDeliveryConfig) {
+    let retention = i64::try_from(cfg.retention_hours.saturating_mul(3600)).unwrap_or(i64::MAX);
+    match store.prune_events(ids::now().saturating_sub(retention)).await {
+        Ok(0) => {}
+        Ok(deleted) => tracing::info!(deleted, "deleted finished webhook events past retention_hours"),
+        Err(e) => tracing::error!(error = %e, "could not delete old webhook events"),
+    }
 }
 
 enum Attempt {
@@ -92,9 +166,13 @@ async fn attempt(hook: &WebhookConfig, cfg: &WebhookDeliveryConfig, event: &Webh
         return Attempt::Refused("the webhook url has no host".into());
     };
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
-        Ok(addrs) => addrs.collect(),
-        Err(e) => return Attempt::Failed(format!("cannot resolve the webhook host: {e}")),
+    // The system resolver has its own, long timeouts; a host whose DNS does
+    // not answer must not hold a delivery slot for minutes.
+    let lookup = tokio::net::lookup_host((host.as_str(), port));
+    let addrs: Vec<SocketAddr> = match tokio::time::timeout(Duration::from_secs(cfg.timeout_secs), lookup).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(e)) => return Attempt::Failed(format!("cannot resolve the webhook host: {e}")),
+        Err(_) => return Attempt::Failed("resolving the webhook host timed out".into()),
     };
     let Some(addr) = addrs.first().copied() else {
         return Attempt::Failed("the webhook host has no address".into());
@@ -118,7 +196,7 @@ async fn attempt(hook: &WebhookConfig, cfg: &WebhookDeliveryConfig, event: &Webh
     let timestamp = ids::now();
     // Pinned to the address just checked, so a second DNS answer cannot
     // point the request somewhere else.
-    let client = match reqwest::Client::builder()
+    let client = match crate::http_client::builder()
         .resolve(&host, addr)
         .timeout(Duration::from_secs(cfg.timeout_secs))
         .redirect(reqwest::redirect::Policy::none())
@@ -146,6 +224,21 @@ async fn attempt(hook: &WebhookConfig, cfg: &WebhookDeliveryConfig, event: &Webh
     match response {
         Ok(r) if r.status().is_success() => Attempt::Delivered,
         Ok(r) => Attempt::Failed(format!("the endpoint answered {}", r.status())),
-        Err(e) => Attempt::Failed(format!("the request failed: {}", e.without_url())),
+        Err(e) => Attempt::Failed(format!("the request failed: {}", describe(e.without_url()))),
+    }
+}
+
+/// reqwest's message plus its innermost cause, which says what went wrong
+/// ("Connection refused", "invalid peer certificate: UnknownIssuer").
+fn describe(e: reqwest::Error) -> String {
+    let mut innermost = None;
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        innermost = Some(cause);
+        source = cause.source();
+    }
+    match innermost {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }

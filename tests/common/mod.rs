@@ -207,6 +207,8 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     use std::io::{BufRead, BufReader};
+    // The caller's plain `reqwest::Client`s need a default rustls provider.
+    batchd::http_client::install_crypto_provider();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchd"))
         .args(args)
         .env("BATCHD_LOG", "warn")
@@ -309,4 +311,69 @@ pub async fn result_rows(db: &sqlx::SqlitePool, batch_id: &str) -> i64 {
         .fetch_one(db)
         .await
         .unwrap()
+}
+
+/// `spawn_batchd` with the child's environment adjusted by `env` first (for
+/// example `SSL_CERT_FILE`, or proxy variables the test must not set on
+/// itself).
+pub fn spawn_batchd_with_env<I, S>(args: I, env: impl FnOnce(&mut std::process::Command)) -> (KillOnDrop, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::{BufRead, BufReader};
+    batchd::http_client::install_crypto_provider();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_batchd"));
+    command
+        .args(args)
+        .env("BATCHD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    env(&mut command);
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "batchd did not start: {line:?}");
+    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (KillOnDrop(child), url)
+}
+
+/// Polls the batch at `api` until it is terminal (a deadline turns a hang
+/// into a failure).
+pub async fn wait_terminal_at(http: &reqwest::Client, api: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let batch: Value = http
+            .get(format!("{api}/batches/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if matches!(
+            batch["status"].as_str(),
+            Some("completed" | "failed" | "expired" | "cancelled")
+        ) {
+            return batch;
+        }
+        assert!(Instant::now() < deadline, "batch did not finish: {batch}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A file's content at `api`, as parsed JSONL lines.
+pub async fn lines_at(http: &reqwest::Client, api: &str, file_id: &Value) -> Vec<Value> {
+    let Some(id) = file_id.as_str() else { return vec![] };
+    let text = http
+        .get(format!("{api}/files/{id}/content"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }

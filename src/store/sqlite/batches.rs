@@ -410,7 +410,8 @@ fn active_clause() -> String {
 }
 
 /// Queues the webhook event of a terminal transition, in the transition's own
-/// transaction: the event exists if and only if the batch ended.
+/// transaction: the event exists if and only if the batch ended and its
+/// project has a webhook endpoint (`webhook_projects`).
 async fn record_event(conn: &mut sqlx::SqliteConnection, batch_id: &str, to: BatchStatus, now: i64) -> Result<()> {
     let kind = match to {
         BatchStatus::Completed => "batch.completed",
@@ -421,7 +422,8 @@ async fn record_event(conn: &mut sqlx::SqliteConnection, batch_id: &str, to: Bat
     };
     sqlx::query(
         "INSERT INTO webhook_events (id, webhook_id, project_id, type, batch_id, created_at, next_attempt_at)
-         SELECT ?, ?, project_id, ?, id, ?, ? FROM batches WHERE id = ?",
+         SELECT ?, ?, project_id, ?, id, ?, ? FROM batches
+         WHERE id = ? AND project_id IN (SELECT project_id FROM webhook_projects)",
     )
     .bind(format!("evt_{}", uuid::Uuid::new_v4().simple()))
     .bind(format!("wh_{}", uuid::Uuid::new_v4().simple()))
