@@ -168,7 +168,7 @@ impl Core {
                 .with_max_active_batches_per_project(config.limits.max_active_batches_per_project),
             models,
             manager: manager.clone(),
-            keys: crate::auth::KeyService::new(store.clone()),
+            keys: crate::auth::KeyService::new(store.clone(), config.server.require_keys),
             uploads: crate::files::uploads::UploadService::new(
                 store.clone(),
                 blobs.clone(),
@@ -178,6 +178,7 @@ impl Core {
             max_upload_bytes: config.limits.max_upload_bytes,
             completion_windows: config.execution.allowed_completion_windows.clone(),
             min_expires_after_secs: config.limits.min_expires_after_secs,
+            metrics_public: config.server.metrics_public,
         };
         Ok(Core {
             state,

@@ -116,6 +116,14 @@ pub struct ServerConfig {
     /// until a key exists (`batchd keys create`), anyone who can connect can
     /// use the API.
     pub allow_unauthenticated: bool,
+    /// Require an API key on every `/v1` request even before the first key
+    /// exists (every request is a 401 until `batchd keys create`). Keys are
+    /// required anyway once one was ever created, revoked or not.
+    pub require_keys: bool,
+    /// Serve `/metrics` without a key while keys are required. Off by
+    /// default: the page spans every project (batch counts, model names,
+    /// queue depths), so scraping it then takes an admin key.
+    pub metrics_public: bool,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +133,8 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             engine_exe: None,
             allow_unauthenticated: false,
+            require_keys: false,
+            metrics_public: false,
         }
     }
 }

@@ -126,7 +126,8 @@ async fn keys(config: Option<PathBuf>, data_dir: Option<PathBuf>, action: KeysAc
     };
     std::fs::create_dir_all(&data_dir)?;
     let store = batchd::store::sqlite::SqliteStore::open(&data_dir.join("batchd.db")).await?;
-    let keys = batchd::auth::KeyService::new(std::sync::Arc::new(store));
+    // The CLI never serves requests, so `require_keys` does not matter here.
+    let keys = batchd::auth::KeyService::new(std::sync::Arc::new(store), false);
     let out = |v: serde_json::Value| println!("{v}");
     match action {
         KeysAction::Create { project, name, admin } => {
@@ -137,7 +138,15 @@ async fn keys(config: Option<PathBuf>, data_dir: Option<PathBuf>, action: KeysAc
                 out(serde_json::to_value(key)?);
             }
         }
-        KeysAction::Revoke { key_id } => out(serde_json::to_value(keys.revoke(&key_id).await?)?),
+        KeysAction::Revoke { key_id } => {
+            out(serde_json::to_value(keys.revoke(&key_id).await?)?);
+            if keys.active_count().await? == 0 {
+                eprintln!(
+                    "warning: no active API key remains; the API answers 401 to every request \
+                     until you create one (`batchd keys create`)"
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -44,6 +44,12 @@ async fn create_batch_rejects_bad_parameters_with_the_offending_param() {
             "output_expires_after.seconds",
             Some("invalid_value"),
         ),
+        (
+            json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h",
+                "completion_windows": "24h"}),
+            "completion_windows",
+            Some("unknown_parameter"),
+        ),
     ];
     for (body, param, code) in cases {
         let (status, error) = h.post("/batches", body.clone()).await;

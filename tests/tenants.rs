@@ -287,3 +287,158 @@ async fn without_keys_batchd_listens_on_loopback_only_unless_told() {
     let server = Server::start(config).await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// Every `/v1` route, with real ids where it takes one.
+fn every_route(file: &str, batch: &str, upload: &str) -> Vec<(reqwest::Method, String)> {
+    use reqwest::Method;
+    vec![
+        (Method::GET, "/files".into()),
+        (Method::POST, "/files".into()),
+        (Method::GET, format!("/files/{file}")),
+        (Method::DELETE, format!("/files/{file}")),
+        (Method::GET, format!("/files/{file}/content")),
+        (Method::POST, "/uploads".into()),
+        (Method::POST, format!("/uploads/{upload}/parts")),
+        (Method::POST, format!("/uploads/{upload}/complete")),
+        (Method::POST, format!("/uploads/{upload}/cancel")),
+        (Method::GET, "/batches".into()),
+        (Method::POST, "/batches".into()),
+        (Method::GET, format!("/batches/{batch}")),
+        (Method::POST, format!("/batches/{batch}/cancel")),
+        (Method::GET, format!("/batches/{batch}/stats")),
+        (Method::GET, "/models".into()),
+        (Method::GET, "/no-such-route".into()),
+    ]
+}
+
+async fn assert_all_closed(h: &Harness, routes: &[(reqwest::Method, String)], keys: &[Option<&str>]) {
+    for key in keys {
+        for (method, path) in routes {
+            let (status, body) = call(h, method.clone(), path, *key, None).await;
+            assert_eq!(status, 401, "{method} {path} with key {key:?}: {body}");
+            assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        }
+    }
+    let admin = format!("{}/admin/keys", h.base.trim_end_matches("/v1"));
+    for key in keys {
+        let mut request = h.http.get(&admin);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 401, "/admin/keys with {key:?}");
+    }
+}
+
+#[tokio::test]
+async fn revoking_every_key_keeps_every_route_closed() {
+    let mut h = Harness::start().await;
+    let user = create_key(&h, "p1", false);
+    let admin = create_key(&h, "ops", true);
+    let user_secret = user["secret"].as_str().unwrap().to_owned();
+    let admin_secret = admin["secret"].as_str().unwrap().to_owned();
+    let file = upload_as(&h, &user_secret, &format!("{}\n", chat_line("a", "fake-model", "hi"))).await;
+    let batch = common::create_batch_at(
+        &h.http,
+        &h.base,
+        Some(&user_secret),
+        format!("{}\n", chat_line("b", "fake-model", "hi")),
+    )
+    .await;
+    let (_, upload) = call(
+        &h,
+        reqwest::Method::POST,
+        "/uploads",
+        Some(&user_secret),
+        Some(json!({"bytes": 3, "filename": "u.jsonl", "mime_type": "text/jsonl", "purpose": "batch"})),
+    )
+    .await;
+    let upload = upload["id"].as_str().unwrap().to_owned();
+    let routes = every_route(&file, &batch, &upload);
+
+    // The admin revokes the user's key, then its own, over the admin API:
+    // no active key remains.
+    let admin_url = |p: &str| format!("{}{p}", h.base.trim_end_matches("/v1"));
+    for id in [&user["id"], &admin["id"]] {
+        let r = h
+            .http
+            .delete(admin_url(&format!("/admin/keys/{}", id.as_str().unwrap())))
+            .bearer_auth(&admin_secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let keys = [None, Some(user_secret.as_str()), Some(admin_secret.as_str())];
+    assert_all_closed(&h, &routes, &keys).await;
+    // Still closed after a restart, on every route.
+    h.restart().await;
+    assert_all_closed(&h, &routes, &keys).await;
+    // A new key opens its own project again, and nothing else.
+    let fresh = create_key(&h, "p1", false)["secret"].as_str().unwrap().to_owned();
+    let (status, _) = call(&h, reqwest::Method::GET, &format!("/files/{file}"), Some(&fresh), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&h, reqwest::Method::GET, "/files", None, None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn require_keys_closes_the_api_before_the_first_key() {
+    let h = Harness::start_with(|c| c.server.require_keys = true).await;
+    let routes = every_route("file-abc", "batch_abc", "upload_abc");
+    assert_all_closed(&h, &routes, &[None, Some("sk-batchd-wrong")]).await;
+    let key = create_key(&h, "p1", false)["secret"].as_str().unwrap().to_owned();
+    let (status, _) = call(&h, reqwest::Method::GET, "/files", Some(&key), None).await;
+    assert_eq!(status, 200);
+    // A server that requires keys may listen beyond loopback before any exists.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), "http://127.0.0.1:9/v1");
+    config.server.listen = "0.0.0.0:0".parse().unwrap();
+    config.server.require_keys = true;
+    Server::start(config).await.unwrap().shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let h = Harness::start().await;
+    let key = create_key(&h, "p1", false)["secret"].as_str().unwrap().to_owned();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let r = h
+            .http
+            .get(h.url("/files"))
+            .header("authorization", format!("{scheme} {key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "scheme {scheme}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_need_an_admin_key_once_keys_exist_unless_public() {
+    let h = Harness::start().await;
+    let metrics = format!("{}/metrics", h.base.trim_end_matches("/v1"));
+    let health = format!("{}/health", h.base.trim_end_matches("/v1"));
+    assert_eq!(
+        h.http.get(&metrics).send().await.unwrap().status(),
+        200,
+        "open before keys"
+    );
+    let user = create_key(&h, "p1", false)["secret"].as_str().unwrap().to_owned();
+    let admin = create_key(&h, "ops", true)["secret"].as_str().unwrap().to_owned();
+    assert_eq!(h.http.get(&metrics).send().await.unwrap().status(), 401);
+    let r = h.http.get(&metrics).bearer_auth(&user).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = h.http.get(&metrics).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("batchd_"));
+    assert_eq!(
+        h.http.get(&health).send().await.unwrap().status(),
+        200,
+        "/health stays public"
+    );
+
+    let public = Harness::start_with(|c| c.server.metrics_public = true).await;
+    create_key(&public, "p1", false);
+    let url = format!("{}/metrics", public.base.trim_end_matches("/v1"));
+    assert_eq!(public.http.get(&url).send().await.unwrap().status(), 200);
+}

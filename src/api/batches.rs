@@ -93,6 +93,28 @@ pub async fn list(State(app): State<AppState>, Project(project_id): Project, par
 }
 
 /// Checks a create request the way OpenAI does, naming the offending parameter.
+/// The create-batch body's fields; anything else is a 400, as OpenAI answers
+/// an unrecognized argument (audit L15), so a typo such as
+/// `completion_windows` is reported instead of silently dropped.
+const CREATE_FIELDS: [&str; 5] = [
+    "input_file_id",
+    "endpoint",
+    "completion_window",
+    "metadata",
+    "output_expires_after",
+];
+
+fn reject_unknown_parameters(body: &Map<String, Value>) -> ApiResult<()> {
+    match body.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(unknown) => Err(ApiError::bad_request(
+            format!("Unknown parameter: '{}'.", truncate(unknown)),
+            Some(&truncate(unknown)),
+            Some("unknown_parameter"),
+        )),
+    }
+}
+
 fn parse_create(
     project_id: String,
     raw: &[u8],
@@ -113,6 +135,7 @@ fn parse_create(
             None,
         ));
     };
+    reject_unknown_parameters(&body)?;
     let input_file_id = required_string(&body, "input_file_id")?.to_owned();
     let endpoint_raw = required_string(&body, "endpoint")?;
     let endpoint = Endpoint::parse(endpoint_raw).ok_or_else(|| {

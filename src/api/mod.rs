@@ -41,6 +41,8 @@ pub struct AppState {
     pub completion_windows: Vec<String>,
     /// `limits.min_expires_after_secs`.
     pub min_expires_after_secs: i64,
+    /// `server.metrics_public`.
+    pub metrics_public: bool,
 }
 
 /// Issues `req_<hex>` ids, the format OpenAI's `x-request-id` has.
@@ -83,7 +85,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(
-            state.keys.clone(),
+            auth::AuthGate {
+                keys: state.keys.clone(),
+                metrics_public: state.metrics_public,
+            },
             auth::authenticate,
         ))
         .with_state(state)

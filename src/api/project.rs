@@ -5,8 +5,9 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
+use axum::http::StatusCode;
+
 use super::error::ApiError;
-use crate::auth::DEFAULT_PROJECT;
 
 #[derive(Debug, Clone)]
 pub struct Project(pub String);
@@ -15,10 +16,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Project {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<Project>()
-            .cloned()
-            .unwrap_or_else(|| Project(DEFAULT_PROJECT.to_owned())))
+        // Fails closed: a handler reached without the auth middleware (a
+        // routing mistake) must never act for some default project.
+        parts.extensions.get::<Project>().cloned().ok_or_else(|| {
+            tracing::error!("request reached a handler without an authenticated project");
+            ApiError::bad_request("The server had an error while processing your request.", None, None)
+                .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! Creating, listing, revoking and checking API keys.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -47,6 +48,10 @@ pub enum AuthFailure {
 #[derive(Clone)]
 pub struct KeyService {
     store: Arc<dyn Store>,
+    /// Set once keys are required and never cleared while the process runs:
+    /// `server.require_keys`, or a key was ever created. Authentication can
+    /// only go from open to closed, never back (audit H1).
+    required: Arc<AtomicBool>,
 }
 
 const PREFIX: &str = "sk-batchd-";
@@ -65,9 +70,22 @@ pub fn redact(secret: &str) -> String {
     format!("{head}…{tail}")
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 7235 §2.1), so `bearer sk-...` works as it does with
+/// OpenAI.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 impl KeyService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    /// `require_keys`: `server.require_keys`, keys required even before the
+    /// first one exists.
+    pub fn new(store: Arc<dyn Store>, require_keys: bool) -> Self {
+        Self {
+            store,
+            required: Arc::new(AtomicBool::new(require_keys)),
+        }
     }
 
     pub async fn create(&self, project_id: &str, name: &str, admin: bool) -> Result<NewKey> {
@@ -120,14 +138,29 @@ impl KeyService {
         Ok(key)
     }
 
-    /// Whether requests must carry a key (any unrevoked key exists).
+    /// Whether requests must carry a key: `server.require_keys`, or a key was
+    /// ever created (revoked ones count). Sticky: once true it stays true, and
+    /// the store is asked only while it is false (a key created by the CLI
+    /// next to a running server takes effect at its next request).
     pub async fn required(&self) -> Result<bool> {
-        self.store.any_active_key().await
+        if self.required.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        let ever = self.store.any_key_ever().await?;
+        if ever {
+            self.required.store(true, Ordering::Release);
+        }
+        Ok(ever)
+    }
+
+    /// Keys not revoked, over all projects (the CLI warns before the last one goes).
+    pub async fn active_count(&self) -> Result<u64> {
+        self.store.count_active_keys().await
     }
 
     /// Checks an `Authorization` header value.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<std::result::Result<Principal, AuthFailure>> {
-        let Some(secret) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+        let Some(secret) = header.and_then(bearer_token) else {
             return Ok(Err(AuthFailure::Missing));
         };
         if secret.is_empty() {
@@ -140,5 +173,20 @@ impl KeyService {
             })),
             None => Ok(Err(AuthFailure::Invalid(redact(secret)))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer sk-1"), Some("sk-1"));
+        assert_eq!(bearer_token("bearer sk-1"), Some("sk-1"));
+        assert_eq!(bearer_token("BEARER   sk-1 "), Some("sk-1"));
+        assert_eq!(bearer_token("Basic sk-1"), None);
+        assert_eq!(bearer_token("Bearersk-1"), None);
+        assert_eq!(bearer_token("sk-1"), None);
     }
 }

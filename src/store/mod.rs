@@ -184,7 +184,11 @@ pub trait ResultRepo: Send + Sync {
 pub trait KeyRepo: Send + Sync {
     async fn insert_key(&self, key: &ApiKey, secret_hash: &str) -> Result<()>;
     async fn active_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
-    async fn any_active_key(&self) -> Result<bool>;
+    /// Whether any key was ever created, revoked or not: from then on the API
+    /// requires keys for good (revoking every key must not reopen it).
+    async fn any_key_ever(&self) -> Result<bool>;
+    /// Keys not revoked, over all projects.
+    async fn count_active_keys(&self) -> Result<u64>;
     /// Oldest first; all projects when `project_id` is `None`.
     async fn list_keys(&self, project_id: Option<&str>) -> Result<Vec<ApiKey>>;
     /// Marks the key revoked (revoking twice keeps the first time).

@@ -51,11 +51,19 @@ impl KeyRepo for SqliteStore {
         Ok(row.as_ref().map(key_of))
     }
 
-    async fn any_active_key(&self) -> Result<bool> {
-        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL) AS any_key")
+    async fn any_key_ever(&self) -> Result<bool> {
+        // Revoked keys keep their rows, so this stays true once a key was created.
+        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys) AS any_key")
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.get::<i64, _>("any_key") != 0)
+        Ok(row.try_get::<i64, _>("any_key")? != 0)
+    }
+
+    async fn count_active_keys(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS active FROM api_keys WHERE revoked_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("active")?.max(0) as u64)
     }
 
     async fn list_keys(&self, project_id: Option<&str>) -> Result<Vec<ApiKey>> {
