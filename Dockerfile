@@ -53,8 +53,10 @@ RUN mkdir /model \
 FROM debian:${DEBIAN_RELEASE}-slim
 # libstdc++6: llama.cpp is C++. curl: the HEALTHCHECK. tini: PID 1 reaps the
 # orphans of model servers batchd starts and passes signals on.
+# ca-certificates: the platform roots batchd trusts for https:// models and
+# webhooks (plus SSL_CERT_FILE for a private CA).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends curl libstdc++6 tini \
+    && apt-get install -y --no-install-recommends ca-certificates curl libstdc++6 tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 batchd \
     && useradd --system --uid 10001 --gid batchd --no-create-home --home-dir /nonexistent \
