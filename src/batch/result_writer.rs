@@ -166,3 +166,61 @@ async fn commit_one(store: &dyn Store, result: &mut LineResult) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::batch::record::{BatchRecord, Usage};
+    use crate::store::BatchRepo;
+    use crate::store::sqlite::SqliteStore;
+
+    fn result(line: u64, bytes: usize) -> LineResult {
+        LineResult {
+            batch_id: "b1".into(),
+            line,
+            is_error: false,
+            output_line: "x".repeat(bytes),
+            usage: Usage::default(),
+        }
+    }
+
+    // Single-threaded: the writer task runs only when this test awaits
+    // something that is not ready, so what is queued is exactly what it sent.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_queue_is_bounded_by_bytes_and_a_huge_result_passes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let batch = BatchRecord::new_validating(
+            "b1".into(),
+            "p".into(),
+            "/v1/chat/completions".into(),
+            "file-x".into(),
+            "24h".into(),
+            1,
+            None,
+        );
+        store.insert_batch(&batch).await.unwrap();
+        let (writer, _task) = ResultWriter::spawn(Arc::new(store), 1000);
+
+        writer
+            .submit(result(1, 600))
+            .now_or_never()
+            .expect("fits in the budget");
+        // 600 of 1000 bytes wait for their commit: 600 more must wait too.
+        assert!(writer.submit(result(2, 600)).now_or_never().is_none());
+        writer.flush().await;
+        writer
+            .submit(result(2, 600))
+            .now_or_never()
+            .expect("the budget is free again");
+        writer.flush().await;
+        // Larger than the whole budget: passes once nothing else waits.
+        writer.submit(result(3, 5000)).now_or_never().expect("passes alone");
+        assert!(writer.submit(result(4, 1)).now_or_never().is_none());
+        writer.flush().await;
+        writer.submit(result(4, 1)).now_or_never().expect("after the huge one");
+        writer.flush().await;
+    }
+}
