@@ -140,6 +140,11 @@ impl Core {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?);
         let blobs = Blobs::local(&data_dir.join("blobs"))?;
         let models = ModelRegistry::new(&config.models, &config.execution)?;
+        for name in models.names() {
+            if let Some(backend) = models.get(name) {
+                backend.set_max_response_bytes(config.limits.max_response_bytes);
+            }
+        }
         let engine_exe = match &config.server.engine_exe {
             Some(exe) => exe.clone(),
             None => std::env::current_exe()?,
@@ -151,7 +156,7 @@ impl Core {
             &engine_exe,
             &data_dir.join("logs"),
         );
-        let (writer, writer_task) = ResultWriter::spawn(store.clone());
+        let (writer, writer_task) = ResultWriter::spawn(store.clone(), config.limits.max_writer_queue_bytes);
         let runtime = Runtime {
             store: store.clone(),
             blobs: blobs.clone(),
@@ -174,6 +179,7 @@ impl Core {
                 blobs.clone(),
                 FileService::new(store.clone(), blobs.clone(), config.limits.max_upload_bytes),
                 config.limits.upload_ttl_secs,
+                config.limits.max_upload_parts,
             ),
             max_upload_bytes: config.limits.max_upload_bytes,
             completion_windows: config.execution.allowed_completion_windows.clone(),

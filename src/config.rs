@@ -166,6 +166,15 @@ pub struct LimitsConfig {
     /// batches); a batch that would exceed it fails validation with
     /// `token_limit_exceeded`, like OpenAI's enqueued token limit.
     pub max_enqueued_lines_per_project: u64,
+    /// Largest model server response read for one line; a larger one ends
+    /// that line in the error file as `response_too_large` (not retried).
+    pub max_response_bytes: u64,
+    /// Most bytes of results waiting for the result writer's commit. Lines
+    /// finishing beyond it wait, which slows dispatch (one result larger than
+    /// this still passes, alone). At most 4 GiB.
+    pub max_writer_queue_bytes: u64,
+    /// Most parts one Uploads API upload takes (parts have no minimum size).
+    pub max_upload_parts: u64,
 }
 
 impl Default for LimitsConfig {
@@ -180,6 +189,9 @@ impl Default for LimitsConfig {
             upload_ttl_secs: 3600,
             max_active_batches_per_project: 100,
             max_enqueued_lines_per_project: 1_000_000,
+            max_response_bytes: 64 * 1024 * 1024,
+            max_writer_queue_bytes: 256 * 1024 * 1024,
+            max_upload_parts: 10_000,
         }
     }
 }
@@ -451,6 +463,18 @@ impl Config {
         anyhow::ensure!(
             self.limits.max_active_batches_per_project > 0,
             "limits.max_active_batches_per_project must be at least 1"
+        );
+        anyhow::ensure!(
+            self.limits.max_response_bytes > 0,
+            "limits.max_response_bytes must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=u64::from(u32::MAX)).contains(&self.limits.max_writer_queue_bytes),
+            "limits.max_writer_queue_bytes must be between 1 and 4294967295"
+        );
+        anyhow::ensure!(
+            (1..=i64::MAX as u64).contains(&self.limits.max_upload_parts),
+            "limits.max_upload_parts must be at least 1"
         );
         for window in &self.execution.allowed_completion_windows {
             anyhow::ensure!(

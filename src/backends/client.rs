@@ -2,10 +2,11 @@
 //! failures with exponential backoff, and bounds requests in flight.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::limiter::{Limiter, Signal, Slot};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::config::{ExecutionConfig, ModelConfig};
 
@@ -19,7 +20,12 @@ pub struct Backend {
     max_attempts: u32,
     initial_backoff: Duration,
     max_backoff: Duration,
+    /// `limits.max_response_bytes`: a longer body is not read.
+    max_response_bytes: AtomicU64,
 }
+
+/// `limits.max_response_bytes` until `set_max_response_bytes` says otherwise.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What finally happened to one request, after any retries.
 #[derive(Debug)]
@@ -32,6 +38,9 @@ pub enum Outcome {
     },
     /// No answer: connection failures or timeouts until attempts ran out.
     Unreachable { message: String },
+    /// The body was longer than `limit` bytes, so it was not read to the end.
+    /// Final: the same request would most likely get the same answer.
+    TooLarge { limit: u64 },
 }
 
 impl Backend {
@@ -47,7 +56,13 @@ impl Backend {
             max_attempts: execution.max_attempts,
             initial_backoff: Duration::from_millis(execution.retry_initial_backoff_ms),
             max_backoff: Duration::from_millis(execution.retry_max_backoff_ms.max(execution.retry_initial_backoff_ms)),
+            max_response_bytes: AtomicU64::new(DEFAULT_MAX_RESPONSE_BYTES),
         }
+    }
+
+    /// Responses longer than `max_bytes` are cut off and become `TooLarge`.
+    pub fn set_max_response_bytes(&self, max_bytes: u64) {
+        self.max_response_bytes.store(max_bytes, Ordering::Relaxed);
     }
 
     /// Points the backend at a (re)started server, e.g. `http://127.0.0.1:PORT/v1`.
@@ -111,10 +126,14 @@ impl Backend {
             self.limiter.record(match &outcome {
                 Outcome::Response { status: 429 | 503, .. } | Outcome::Unreachable { .. } => Signal::Overload,
                 Outcome::Response { status: 200..=299, .. } => Signal::Success,
-                Outcome::Response { .. } => Signal::Neutral,
+                Outcome::Response { .. } | Outcome::TooLarge { .. } => Signal::Neutral,
             });
             match &outcome {
                 Outcome::Response { status, .. } if !is_retryable(*status) => return outcome,
+                Outcome::TooLarge { limit } => {
+                    tracing::warn!(model = %self.name, limit, "backend response over limits.max_response_bytes; not retried");
+                    return outcome;
+                }
                 Outcome::Response { status, .. } => {
                     tracing::debug!(model = %self.name, status, attempt, "backend returned a retryable status");
                 }
@@ -158,8 +177,9 @@ impl Backend {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        match response.bytes().await {
-            Ok(body) => (
+        let limit = self.max_response_bytes.load(Ordering::Relaxed);
+        match read_limited(response, limit).await {
+            Ok(Some(body)) => (
                 Outcome::Response {
                     status,
                     request_id,
@@ -167,6 +187,7 @@ impl Backend {
                 },
                 retry_after,
             ),
+            Ok(None) => (Outcome::TooLarge { limit }, None),
             Err(e) => (Outcome::Unreachable { message: describe(e) }, None),
         }
     }
@@ -178,6 +199,26 @@ impl Backend {
         let capped = exp.min(self.max_backoff);
         capped.mul_f64(1.0 - 0.25 * fastrand::f64())
     }
+}
+
+/// The body, chunk by chunk, or `None` as soon as it is known to be longer
+/// than `limit`: `bytes()` would buffer any size, and one huge answer
+/// (embeddings of thousands of inputs, large `n` with logprobs) could exhaust
+/// the memory every tenant shares (audit H3). Dropping the response closes
+/// the connection, so the rest is never received.
+async fn read_limited(mut response: reqwest::Response, limit: u64) -> Result<Option<Bytes>, reqwest::Error> {
+    let declared = response.content_length();
+    if declared.is_some_and(|len| len > limit) {
+        return Ok(None);
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// The sum of `vllm:num_requests_waiting` samples in a Prometheus text page.

@@ -50,9 +50,19 @@ pub fn parse_object_usage(body: &[u8]) -> Option<Usage> {
     }
 }
 
+/// Most tokens one line may report for each count. A backend that reports
+/// more (a bug, or a hostile endpoint) is not believed: sums over a batch
+/// stay far from `i64::MAX`, so the batch's counters can neither wrap nor turn
+/// into SQLite REALs (audit M3).
+pub const MAX_LINE_TOKENS: i64 = i32::MAX as i64;
+
+fn clamp(tokens: i64) -> i64 {
+    tokens.clamp(0, MAX_LINE_TOKENS)
+}
+
 fn to_usage(u: RawUsage) -> Usage {
-    let input = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
-    let output = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
+    let input = clamp(u.prompt_tokens.or(u.input_tokens).unwrap_or(0));
+    let output = clamp(u.completion_tokens.or(u.output_tokens).unwrap_or(0));
     let input_details = u.prompt_tokens_details.or(u.input_tokens_details).unwrap_or_default();
     let output_details = u
         .completion_tokens_details
@@ -60,10 +70,10 @@ fn to_usage(u: RawUsage) -> Usage {
         .unwrap_or_default();
     Usage {
         input_tokens: input,
-        cached_tokens: input_details.cached_tokens.unwrap_or(0),
+        cached_tokens: clamp(input_details.cached_tokens.unwrap_or(0)),
         output_tokens: output,
-        reasoning_tokens: output_details.reasoning_tokens.unwrap_or(0),
-        total_tokens: u.total_tokens.unwrap_or(input + output),
+        reasoning_tokens: clamp(output_details.reasoning_tokens.unwrap_or(0)),
+        total_tokens: clamp(u.total_tokens.unwrap_or(input + output)),
     }
 }
 
@@ -92,5 +102,19 @@ mod tests {
         assert_eq!(parse_object_usage(b"[1]"), None);
         assert_eq!(parse_object_usage(b"{} {}"), None);
         assert_eq!(parse_object_usage(br#"{"usage":"odd"}"#), Some(Usage::default()));
+    }
+
+    #[test]
+    fn absurd_counts_are_clamped_per_line() {
+        let huge = format!(
+            r#"{{"usage":{{"prompt_tokens":{max},"completion_tokens":{max},"prompt_tokens_details":{{"cached_tokens":-5}}}}}}"#,
+            max = i64::MAX
+        );
+        let u = parse_object_usage(huge.as_bytes()).unwrap();
+        assert_eq!(u.input_tokens, MAX_LINE_TOKENS);
+        assert_eq!(u.output_tokens, MAX_LINE_TOKENS);
+        // The derived total is clamped too, and never computed with an overflow.
+        assert_eq!(u.total_tokens, MAX_LINE_TOKENS);
+        assert_eq!(u.cached_tokens, 0);
     }
 }

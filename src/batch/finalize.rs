@@ -19,6 +19,9 @@ use crate::store::{FinishedFile, ResultFileKind};
 
 /// Rows read from the database per page while writing a file.
 const PAGE: u32 = 256;
+/// Most bytes of result lines read per page (a page always holds at least
+/// one line): 256 large responses must not be held at once (audit H3).
+const PAGE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Ends the batch as `to` (completed, cancelled or expired) from status `from`.
 /// Returns false if the batch was no longer in `from` (another transition won).
@@ -81,7 +84,7 @@ async fn record_unexecuted(rt: &Runtime, batch: &BatchRecord, code: &str, messag
 /// Writes one result file; `None` when the batch has no lines for it.
 async fn write_result_file(rt: &Runtime, batch: &BatchRecord, kind: ResultFileKind) -> Result<Option<FileRecord>> {
     let is_error = kind == ResultFileKind::Error;
-    let mut page = rt.store.result_page(&batch.id, is_error, 0, PAGE).await?;
+    let mut page = rt.store.result_page(&batch.id, is_error, 0, PAGE, PAGE_BYTES).await?;
     if page.is_empty() {
         return Ok(None);
     }
@@ -101,7 +104,10 @@ async fn write_result_file(rt: &Runtime, batch: &BatchRecord, kind: ResultFileKi
                 writer.write_all(b"\n").await.map_err(blob_failure)?;
                 bytes += text.len() as u64 + 1;
             }
-            page = rt.store.result_page(&batch.id, is_error, last_line, PAGE).await?;
+            page = rt
+                .store
+                .result_page(&batch.id, is_error, last_line, PAGE, PAGE_BYTES)
+                .await?;
         }
         Ok::<_, Error>(())
     };

@@ -45,6 +45,50 @@ pub fn error_line(custom_id: &str, code: &str, message: &str) -> Rendered {
     }
 }
 
+/// A line whose response was over `limits.max_response_bytes`.
+fn too_large_line(custom_id: &str, limit: u64) -> Rendered {
+    error_line(
+        custom_id,
+        "response_too_large",
+        &format!(
+            "The model server's response was larger than this server's limit of {limit} bytes (limits.max_response_bytes); it was not stored."
+        ),
+    )
+}
+
+/// The error line that replaces a rendered `line` the database can never
+/// store (`too_large`: over its size limit; otherwise refused), so the line
+/// is still accounted for and the result writer does not retry it forever.
+/// `None` when `line` is not one of ours.
+pub fn unstorable_line(line: &str, too_large: bool) -> Option<String> {
+    let custom_id = custom_id_of(line)?;
+    let rendered = if too_large {
+        error_line(
+            &custom_id,
+            "response_too_large",
+            "The model server's response was larger than the database can store.",
+        )
+    } else {
+        error_line(
+            &custom_id,
+            "internal_error",
+            "The result of this request could not be stored.",
+        )
+    };
+    Some(rendered.line)
+}
+
+/// The `custom_id` of a line rendered here. Both shapes start with
+/// `{"id":"batch_req_...","custom_id":<JSON string>`, so only that prefix is
+/// read, however large the rest is.
+fn custom_id_of(line: &str) -> Option<String> {
+    use serde::Deserialize;
+    let rest = line.strip_prefix("{\"id\":\"")?;
+    let at = rest.find("\",\"custom_id\":")?;
+    let value = &rest[at + "\",\"custom_id\":".len()..];
+    String::deserialize(&mut serde_json::Deserializer::from_str(value)).ok()
+}
+
 /// A line with the backend's answer. `body` must be one valid JSON object; it
 /// is embedded as is (no re-serialization, key order kept), except that line
 /// breaks, which valid JSON can only hold as whitespace between tokens, become
@@ -77,6 +121,7 @@ fn response_line(custom_id: &str, status: u16, request_id: &str, body: &[u8]) ->
 pub fn from_outcome(custom_id: &str, outcome: &Outcome) -> Rendered {
     let (status, request_id, body) = match outcome {
         Outcome::Unreachable { message } => return error_line(custom_id, "backend_unavailable", message),
+        Outcome::TooLarge { limit } => return too_large_line(custom_id, *limit),
         Outcome::Response {
             status,
             request_id,
@@ -201,5 +246,31 @@ mod tests {
         let v = parse(&unreachable);
         assert!(v["response"].is_null());
         assert_eq!(v["error"]["code"], "backend_unavailable");
+    }
+
+    #[test]
+    fn too_large_responses_are_error_lines_naming_the_limit() {
+        let r = from_outcome("c4", &Outcome::TooLarge { limit: 1024 });
+        let v = parse(&r);
+        assert!(r.is_error);
+        assert_eq!(v["custom_id"], "c4");
+        assert_eq!(v["error"]["code"], "response_too_large");
+        assert!(v["error"]["message"].as_str().unwrap().contains("1024"));
+    }
+
+    #[test]
+    fn an_unstorable_line_becomes_an_error_line_with_its_custom_id() {
+        let ok = from_outcome("we\"ird\\id", &response(200, br#"{"id":"x"}"#));
+        let replaced = unstorable_line(&ok.line, true).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&replaced).unwrap();
+        assert_eq!(v["custom_id"], "we\"ird\\id");
+        assert_eq!(v["error"]["code"], "response_too_large");
+        let err = error_line("c5", "batch_expired", "late");
+        let v: serde_json::Value = serde_json::from_str(&unstorable_line(&err.line, false).unwrap()).unwrap();
+        assert_eq!(
+            (v["custom_id"].as_str(), v["error"]["code"].as_str()),
+            (Some("c5"), Some("internal_error"))
+        );
+        assert_eq!(unstorable_line("not ours", true), None);
     }
 }

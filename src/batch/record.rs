@@ -89,12 +89,15 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Adds `other`, saturating at `i64::MAX`: a count that cannot grow any
+    /// more is still a valid count, while a wrapped (or, in debug builds,
+    /// panicking) one would poison the batch (audit M3).
     pub fn add(&mut self, other: &Usage) {
-        self.input_tokens += other.input_tokens;
-        self.cached_tokens += other.cached_tokens;
-        self.output_tokens += other.output_tokens;
-        self.reasoning_tokens += other.reasoning_tokens;
-        self.total_tokens += other.total_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
     }
 }
 
@@ -116,5 +119,24 @@ impl BatchError {
             param: param.map(str::to_owned),
             line,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Usage;
+
+    #[test]
+    fn usage_sums_saturate_instead_of_wrapping() {
+        let near_max = Usage {
+            input_tokens: i64::MAX - 1,
+            total_tokens: i64::MAX,
+            ..Usage::default()
+        };
+        let mut sum = near_max;
+        sum.add(&near_max);
+        assert_eq!(sum.input_tokens, i64::MAX);
+        assert_eq!(sum.total_tokens, i64::MAX);
+        assert_eq!(sum.output_tokens, 0);
     }
 }

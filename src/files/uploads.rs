@@ -7,16 +7,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::Stream;
+use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
-use super::blobs::Blobs;
-use super::record::{FileRecord, Purpose};
-use super::service::{FileService, NewFile, blob_error};
+use super::blobs::{BlobError, Blobs};
+use super::record::{DEFAULT_BATCH_FILE_TTL_SECS, FileRecord, Purpose};
+use super::service::{FileService, blob_error};
 use crate::error::{Error, Result};
 use crate::ids;
-use crate::store::{Store, UploadPart, UploadRecord};
+use crate::store::{PartAdmission, Store, UploadPart, UploadRecord};
 
 /// OpenAI's limits: 64 MB a part, 8 GB an upload (the time to finish one is
 /// `limits.upload_ttl_secs`, an hour by default).
@@ -29,6 +29,10 @@ pub struct UploadService {
     blobs: Blobs,
     files: FileService,
     ttl_secs: i64,
+    /// `limits.max_upload_parts`. OpenAI sets no minimum part size, so without
+    /// a cap an upload could be made of millions of one-byte parts (rows,
+    /// blobs, and at completion one read each).
+    max_parts: i64,
 }
 
 pub struct NewUpload {
@@ -40,6 +44,30 @@ pub struct NewUpload {
     pub expires_after: Option<i64>,
 }
 
+fn no_longer_pending(id: &str, status: &str) -> Error {
+    Error::Conflict {
+        message: format!("Upload {id} is {status}; it no longer accepts changes."),
+    }
+}
+
+fn too_many_parts(max_parts: i64) -> Error {
+    Error::invalid(
+        format!("An upload takes at most {max_parts} parts."),
+        Some("data"),
+        Some("invalid_value"),
+    )
+}
+
+fn over_declared(declared: i64, stored: i64) -> Error {
+    Error::invalid(
+        format!(
+            "The parts would hold more than the {declared} bytes this upload was created for ({stored} bytes are already stored)."
+        ),
+        Some("data"),
+        Some("invalid_value"),
+    )
+}
+
 fn not_found(id: &str) -> Error {
     Error::NotFound {
         message: format!("No such Upload object: {}", crate::api::query::truncate(id)),
@@ -48,12 +76,13 @@ fn not_found(id: &str) -> Error {
 }
 
 impl UploadService {
-    pub fn new(store: Arc<dyn Store>, blobs: Blobs, files: FileService, ttl_secs: i64) -> Self {
+    pub fn new(store: Arc<dyn Store>, blobs: Blobs, files: FileService, ttl_secs: i64, max_parts: u64) -> Self {
         Self {
             store,
             blobs,
             files,
             ttl_secs,
+            max_parts: i64::try_from(max_parts).unwrap_or(i64::MAX),
         }
     }
 
@@ -112,12 +141,7 @@ impl UploadService {
         if upload.status == "pending" {
             return Ok(());
         }
-        Err(Error::Conflict {
-            message: format!(
-                "Upload {} is {}; it no longer accepts changes.",
-                upload.id, upload.status
-            ),
-        })
+        Err(no_longer_pending(&upload.id, &upload.status))
     }
 
     pub async fn add_part<S, E>(&self, project_id: &str, upload_id: &str, data: S) -> Result<UploadPart>
@@ -127,13 +151,27 @@ impl UploadService {
     {
         let upload = self.get(project_id, upload_id).await?;
         Self::require_pending(&upload)?;
+        // A first look, so a part that cannot fit is refused before its bytes
+        // are stored; `UploadRepo::add_part` checks again atomically, which
+        // also covers parts sent in parallel.
+        let (count, stored) = self.store.part_totals(upload_id).await?;
+        if count >= self.max_parts {
+            return Err(too_many_parts(self.max_parts));
+        }
+        let room = u64::try_from(upload.bytes.saturating_sub(stored)).unwrap_or(0);
+        if room == 0 {
+            return Err(over_declared(upload.bytes, stored));
+        }
+        let limit = room.min(MAX_PART_BYTES);
         let id = format!("part_{}", uuid::Uuid::new_v4().simple());
         let storage_key = format!("upload_parts/{upload_id}/{id}");
-        let bytes = self
-            .blobs
-            .put_stream(&storage_key, data, MAX_PART_BYTES)
-            .await
-            .map_err(|e| blob_error(e, "part"))?;
+        let bytes = match self.blobs.put_stream(&storage_key, data, limit).await {
+            Ok(bytes) => bytes,
+            Err(BlobError::TooLarge { .. }) if limit < MAX_PART_BYTES => {
+                return Err(over_declared(upload.bytes, stored));
+            }
+            Err(e) => return Err(blob_error(e, "part")),
+        };
         let part = UploadPart {
             id,
             upload_id: upload_id.to_owned(),
@@ -141,14 +179,23 @@ impl UploadService {
             created_at: ids::now(),
             storage_key,
         };
-        if let Err(e) = self.store.insert_part(&part).await {
+        let admission = self.store.add_part(&part, self.max_parts).await;
+        if !matches!(admission, Ok(PartAdmission::Added)) {
             let _ = self.blobs.delete(&part.storage_key).await;
-            return Err(e);
         }
-        Ok(part)
+        match admission? {
+            PartAdmission::Added => Ok(part),
+            PartAdmission::NotPending(None) => Err(not_found(upload_id)),
+            PartAdmission::NotPending(Some(status)) => Err(no_longer_pending(upload_id, &status)),
+            PartAdmission::TooManyParts => Err(too_many_parts(self.max_parts)),
+            PartAdmission::OverDeclared { declared, stored } => Err(over_declared(declared, stored)),
+        }
     }
 
-    /// Assembles the parts, in `part_ids` order, into a new File.
+    /// Assembles the parts, in `part_ids` order, into a new File. The upload
+    /// is `completing` while its parts are read, so a concurrent complete or
+    /// cancel gets a 409 instead of a second File, and the File appears in
+    /// the same transaction that marks the upload `completed`.
     pub async fn complete(
         &self,
         project_id: &str,
@@ -158,9 +205,60 @@ impl UploadService {
     ) -> Result<(UploadRecord, FileRecord)> {
         let mut upload = self.get(project_id, upload_id).await?;
         Self::require_pending(&upload)?;
+        if part_ids.len() as i64 > self.max_parts {
+            return Err(too_many_parts(self.max_parts));
+        }
+        let ordered = self.ordered_parts(&upload, part_ids).await?;
+        if !self
+            .store
+            .set_upload_status(upload_id, &["pending"], "completing")
+            .await?
+        {
+            let now = self.get(project_id, upload_id).await?;
+            return Err(no_longer_pending(upload_id, &now.status));
+        }
+        let file = match self.assemble(&upload, ordered, md5).await {
+            Ok(file) => file,
+            Err(e) => {
+                // The request was wrong (an md5 that does not match) or reading
+                // failed: the upload takes a corrected complete, unless it was
+                // expired meanwhile.
+                self.store
+                    .set_upload_status(upload_id, &["completing"], "pending")
+                    .await?;
+                return Err(e);
+            }
+        };
+        let completed = match self.store.complete_upload(upload_id, &file).await {
+            Ok(completed) => completed,
+            Err(e) => {
+                self.discard_assembled(&file).await;
+                let _ = self
+                    .store
+                    .set_upload_status(upload_id, &["completing"], "pending")
+                    .await;
+                return Err(e);
+            }
+        };
+        if !completed {
+            self.discard_assembled(&file).await;
+            return Err(Error::Conflict {
+                message: format!("Upload {upload_id} was cancelled or expired while completing."),
+            });
+        }
+        tracing::info!(upload_id, file_id = %file.id, bytes = file.bytes, "upload completed");
+        self.remove_parts(upload_id).await;
+        upload.status = "completed".into();
+        upload.file_id = Some(file.id.clone());
+        Ok((upload, file))
+    }
+
+    /// The listed parts, in order, checked to be this upload's, each once, and
+    /// to add up to its declared size.
+    async fn ordered_parts(&self, upload: &UploadRecord, part_ids: &[String]) -> Result<Vec<UploadPart>> {
         let parts: HashMap<String, UploadPart> = self
             .store
-            .parts(upload_id)
+            .parts(&upload.id)
             .await?
             .into_iter()
             .map(|p| (p.id.clone(), p))
@@ -191,22 +289,31 @@ impl UploadService {
                 Some("invalid_value"),
             ));
         }
+        Ok(ordered)
+    }
+
+    /// Copies the parts into one staged object, checking the md5; returns the
+    /// File it will become (not yet recorded).
+    async fn assemble(&self, upload: &UploadRecord, ordered: Vec<UploadPart>, md5: Option<&str>) -> Result<FileRecord> {
         let mut hasher = Md5::new();
-        // Opened up front (at most 128 parts for 8 GB): each is read in turn.
-        let mut streams = Vec::with_capacity(ordered.len());
-        for part in &ordered {
-            streams.push(
-                self.blobs
-                    .get_stream(&part.storage_key)
-                    .await
-                    .map_err(Error::internal)?,
-            );
-        }
-        let body = futures::stream::iter(streams).flatten().inspect(|chunk| {
-            if let Ok(bytes) = chunk {
-                hasher.update(bytes);
-            }
-        });
+        // Each part is opened only when the previous one has been read: an
+        // upload may have thousands of parts, and an open part holds a file
+        // descriptor.
+        let blobs = self.blobs.clone();
+        let body = futures::stream::iter(ordered)
+            .then(move |part| {
+                let blobs = blobs.clone();
+                async move { blobs.get_stream(&part.storage_key).await }
+            })
+            .try_flatten()
+            // Boxed: the unboxed combinators trip the compiler's higher-ranked
+            // `Send` check on the axum handler.
+            .boxed()
+            .inspect(|chunk| {
+                if let Ok(bytes) = chunk {
+                    hasher.update(bytes);
+                }
+            });
         let staged = self.files.stage_limited(body, upload.bytes as u64).await?;
         let digest = hex::encode(hasher.finalize());
         if let Some(expected) = md5
@@ -220,27 +327,27 @@ impl UploadService {
             ));
         }
         let purpose = Purpose::parse_uploadable(&upload.purpose).unwrap_or(Purpose::UserData);
-        let file = self
-            .files
-            .commit(
-                staged,
-                NewFile {
-                    project_id: project_id.to_owned(),
-                    filename: upload.filename.clone(),
-                    purpose,
-                    expires_after: upload.file_expires_after,
-                },
-            )
-            .await?;
-        if !self.store.finish_upload(upload_id, "completed", Some(&file.id)).await? {
-            return Err(Error::Conflict {
-                message: format!("Upload {upload_id} was cancelled or expired while completing."),
-            });
+        let created_at = ids::now();
+        let ttl = upload.file_expires_after.or(match purpose {
+            Purpose::Batch => Some(DEFAULT_BATCH_FILE_TTL_SECS),
+            _ => None,
+        });
+        Ok(FileRecord {
+            id: staged.id,
+            project_id: upload.project_id.clone(),
+            filename: upload.filename.clone(),
+            purpose: purpose.as_str().to_owned(),
+            bytes: staged.bytes as i64,
+            created_at,
+            expires_at: ttl.map(|ttl| created_at + ttl),
+            storage_key: staged.storage_key,
+        })
+    }
+
+    async fn discard_assembled(&self, file: &FileRecord) {
+        if let Err(e) = self.blobs.delete(&file.storage_key).await {
+            tracing::warn!(file_id = %file.id, error = %e, "could not remove an assembled upload");
         }
-        self.remove_parts(upload_id).await;
-        upload.status = "completed".into();
-        upload.file_id = Some(file.id.clone());
-        Ok((upload, file))
     }
 
     pub async fn cancel(&self, project_id: &str, upload_id: &str) -> Result<UploadRecord> {
@@ -263,8 +370,15 @@ impl UploadService {
         Ok(expired.len())
     }
 
+    /// Cancels (from `pending`) or expires (from `pending`, or from a
+    /// `completing` left behind by a crash) an upload and removes its parts.
     async fn end(&self, upload: &UploadRecord, status: &str) -> Result<()> {
-        if self.store.finish_upload(&upload.id, status, None).await? {
+        let from: &[&str] = if status == "expired" {
+            &["pending", "completing"]
+        } else {
+            &["pending"]
+        };
+        if self.store.set_upload_status(&upload.id, from, status).await? {
             self.remove_parts(&upload.id).await;
         }
         Ok(())

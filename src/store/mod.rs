@@ -168,14 +168,29 @@ pub trait ResultRepo: Send + Sync {
     async fn record_results(&self, results: &[LineResult]) -> Result<()>;
     /// The input lines of a batch that already have a result.
     async fn finished_lines(&self, batch_id: &str) -> Result<Vec<u64>>;
-    /// Up to `limit` result lines of one file, in input order, after `after_line`.
+    /// Up to `limit` result lines of one file, in input order, after
+    /// `after_line`, holding at most `max_bytes` (but always at least one line).
     async fn result_page(
         &self,
         batch_id: &str,
         is_error: bool,
         after_line: u64,
         limit: u32,
+        max_bytes: u64,
     ) -> Result<Vec<(u64, String)>>;
+    /// Whether `error`, from `record_results`, means that a result in the
+    /// group can never be stored (too large for the database, or refused by a
+    /// constraint): retrying the same group cannot succeed.
+    fn unstorable(&self, error: &crate::error::Error) -> Option<Unstorable>;
+}
+
+/// Why a result can never be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unstorable {
+    /// Larger than the database accepts in one value.
+    TooLarge,
+    /// Refused by the database, deterministically.
+    Rejected,
 }
 
 /// Everything the services need from persistence.
@@ -200,12 +215,36 @@ pub trait KeyRepo: Send + Sync {
 pub trait UploadRepo: Send + Sync {
     async fn insert_upload(&self, upload: &UploadRecord) -> Result<()>;
     async fn get_upload(&self, project_id: &str, id: &str) -> Result<Option<UploadRecord>>;
-    async fn insert_part(&self, part: &UploadPart) -> Result<()>;
+    /// Records a part whose bytes are already stored, in one transaction with
+    /// the checks that the upload is still `pending`, has fewer than
+    /// `max_parts` parts, and that all parts together fit in its declared
+    /// `bytes`. Unless `Added`, no row was written and the caller deletes the
+    /// part's bytes: a part that lands after a cancel or a completion leaks nothing.
+    async fn add_part(&self, part: &UploadPart, max_parts: i64) -> Result<PartAdmission>;
+    /// How many parts the upload has, and their total bytes.
+    async fn part_totals(&self, upload_id: &str) -> Result<(i64, i64)>;
     async fn parts(&self, upload_id: &str) -> Result<Vec<UploadPart>>;
-    /// Compare-and-set from `pending`; `file_id` is set on completion.
-    async fn finish_upload(&self, id: &str, status: &str, file_id: Option<&str>) -> Result<bool>;
-    /// Pending uploads past their `expires_at`.
+    /// Compare-and-set of the upload's status, from any of `from` to `to`.
+    async fn set_upload_status(&self, id: &str, from: &[&str], to: &str) -> Result<bool>;
+    /// `completing` -> `completed` naming `file`, and `file`'s row, in one
+    /// transaction: when the upload is no longer `completing`, neither happens.
+    async fn complete_upload(&self, id: &str, file: &FileRecord) -> Result<bool>;
+    /// Pending (or stuck completing) uploads past their `expires_at`.
     async fn expired_uploads(&self, now: i64) -> Result<Vec<UploadRecord>>;
+}
+
+/// What `UploadRepo::add_part` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartAdmission {
+    Added,
+    /// The upload is in this status (or gone: `None`).
+    NotPending(Option<String>),
+    TooManyParts,
+    /// The parts would hold more than the upload's declared `bytes`.
+    OverDeclared {
+        declared: i64,
+        stored: i64,
+    },
 }
 
 #[derive(Debug, Clone)]

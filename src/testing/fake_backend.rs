@@ -6,6 +6,9 @@
 //! - `[status=NNN]`: answer with HTTP NNN and an OpenAI error body;
 //! - `[delay_ms=N]`: wait N ms before answering;
 //! - `[fail_times=N]`: the first N requests with this exact text get 503.
+//! - `[response_bytes=N]` (chat): the answer's content is padded with N bytes;
+//! - `[prompt_tokens=N]` (chat): the answer reports N prompt tokens (and
+//!   total tokens), whatever the prompt, like a buggy or hostile server.
 //!
 //! With `FakeOptions::gpu` it behaves like a GPU server with continuous
 //! batching: at most `slots` requests generate at once, each for
@@ -326,12 +329,18 @@ async fn chat(State(s): State<FakeState>, Json(body): Json<Value>) -> Response {
         }))
         .into_response();
     }
+    let mut content = format!("echo: {text}");
+    if let Some(pad) = marker(&text, "response_bytes") {
+        content.push_str(&"x".repeat(pad as usize));
+    }
+    let prompt_tokens = marker(&text, "prompt_tokens").unwrap_or(w);
     Json(json!({
         "id": format!("chatcmpl-{}", s.stats.requests.load(Ordering::Relaxed)),
         "object": "chat.completion", "created": crate::ids::now(), "model": model_of(&body),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("echo: {text}")},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                      "finish_reason": "stop", "logprobs": null}],
-        "usage": {"prompt_tokens": w, "completion_tokens": w + 1, "total_tokens": 2 * w + 1},
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": w + 1,
+                  "total_tokens": prompt_tokens.saturating_add(w + 1)},
     }))
     .into_response()
 }

@@ -3,6 +3,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteStore;
+use super::decode::{column, counter};
 use super::files::insert_file;
 use super::results::delete_results;
 use super::write_tx::WriteTx;
@@ -12,56 +13,75 @@ use crate::error::{Error, Result};
 use crate::store::{BatchRepo, CancelOutcome, FinishedFile, Page, ResultFileKind, StartOutcome};
 
 fn batch_from_row(row: &SqliteRow) -> Result<BatchRecord> {
-    let status: String = row.get("status");
+    let status: String = column(row, "status")?;
     let status = BatchStatus::parse(&status)
         .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown batch status {status:?} in database")))?;
-    let errors: Option<String> = row.get("errors");
+    let errors: Option<String> = column(row, "errors")?;
     let errors = errors
         .map(|json| serde_json::from_str::<Vec<BatchError>>(&json))
         .transpose()
         .map_err(Error::internal)?;
-    let metadata: Option<String> = row.get("metadata");
+    let metadata: Option<String> = column(row, "metadata")?;
     let metadata = metadata
         .map(|json| serde_json::from_str(&json))
         .transpose()
         .map_err(Error::internal)?;
-    let input_tokens: Option<i64> = row.get("input_tokens");
-    let usage = input_tokens.map(|input_tokens| Usage {
-        input_tokens,
-        cached_tokens: row.get::<Option<i64>, _>("cached_tokens").unwrap_or(0),
-        output_tokens: row.get::<Option<i64>, _>("output_tokens").unwrap_or(0),
-        reasoning_tokens: row.get::<Option<i64>, _>("reasoning_tokens").unwrap_or(0),
-        total_tokens: row.get::<Option<i64>, _>("total_tokens").unwrap_or(0),
-    });
+    let usage = match counter(row, "input_tokens")? {
+        None => None,
+        Some(input_tokens) => Some(Usage {
+            input_tokens,
+            cached_tokens: counter(row, "cached_tokens")?.unwrap_or(0),
+            output_tokens: counter(row, "output_tokens")?.unwrap_or(0),
+            reasoning_tokens: counter(row, "reasoning_tokens")?.unwrap_or(0),
+            total_tokens: counter(row, "total_tokens")?.unwrap_or(0),
+        }),
+    };
     Ok(BatchRecord {
-        id: row.get("id"),
-        project_id: row.get("project_id"),
-        endpoint: row.get("endpoint"),
-        model: row.get("model"),
-        input_file_id: row.get("input_file_id"),
-        completion_window: row.get("completion_window"),
+        id: column(row, "id")?,
+        project_id: column(row, "project_id")?,
+        endpoint: column(row, "endpoint")?,
+        model: column(row, "model")?,
+        input_file_id: column(row, "input_file_id")?,
+        completion_window: column(row, "completion_window")?,
         status,
-        output_file_id: row.get("output_file_id"),
-        error_file_id: row.get("error_file_id"),
+        output_file_id: column(row, "output_file_id")?,
+        error_file_id: column(row, "error_file_id")?,
         errors,
         metadata,
-        output_expires_after: row.get("output_expires_after"),
-        created_at: row.get("created_at"),
-        in_progress_at: row.get("in_progress_at"),
-        expires_at: row.get("expires_at"),
-        finalizing_at: row.get("finalizing_at"),
-        completed_at: row.get("completed_at"),
-        failed_at: row.get("failed_at"),
-        expired_at: row.get("expired_at"),
-        cancelling_at: row.get("cancelling_at"),
-        cancelled_at: row.get("cancelled_at"),
+        output_expires_after: column(row, "output_expires_after")?,
+        created_at: column(row, "created_at")?,
+        in_progress_at: column(row, "in_progress_at")?,
+        expires_at: column(row, "expires_at")?,
+        finalizing_at: column(row, "finalizing_at")?,
+        completed_at: column(row, "completed_at")?,
+        failed_at: column(row, "failed_at")?,
+        expired_at: column(row, "expired_at")?,
+        cancelling_at: column(row, "cancelling_at")?,
+        cancelled_at: column(row, "cancelled_at")?,
         request_counts: RequestCounts {
-            total: row.get("total_requests"),
-            completed: row.get("completed_requests"),
-            failed: row.get("failed_requests"),
+            total: counter(row, "total_requests")?.unwrap_or(0),
+            completed: counter(row, "completed_requests")?.unwrap_or(0),
+            failed: counter(row, "failed_requests")?.unwrap_or(0),
         },
         usage,
     })
+}
+
+/// The rows that decode. One row that does not (a value no code path writes
+/// today, but an older version or a hand edit may have) is logged with its id
+/// and left out, instead of failing every list and the supervisor's scan,
+/// which would stop the batches of every tenant.
+fn decodable_batches<'a>(rows: impl IntoIterator<Item = &'a SqliteRow>) -> Vec<BatchRecord> {
+    rows.into_iter()
+        .filter_map(|row| match batch_from_row(row) {
+            Ok(batch) => Some(batch),
+            Err(e) => {
+                let id = row.try_get::<String, _>("id").unwrap_or_default();
+                tracing::error!(batch_id = %id, error = %e, "skipping a batch row that cannot be read");
+                None
+            }
+        })
+        .collect()
 }
 
 /// `status IN (...)` for the statuses a transition to `to` may start from.
@@ -153,11 +173,7 @@ impl BatchRepo for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         let has_more = rows.len() > limit as usize;
-        let items = rows
-            .iter()
-            .take(limit as usize)
-            .map(batch_from_row)
-            .collect::<Result<_>>()?;
+        let items = decodable_batches(rows.iter().take(limit as usize));
         Ok(Some(Page { items, has_more }))
     }
 
@@ -179,7 +195,7 @@ impl BatchRepo for SqliteStore {
         )))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(batch_from_row).collect()
+        Ok(decodable_batches(&rows))
     }
 
     async fn transition(&self, id: &str, to: BatchStatus, now: i64) -> Result<bool> {

@@ -1,8 +1,9 @@
 use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteStore;
+use super::decode::column;
 use crate::error::Result;
 use crate::files::FileRecord;
 use crate::ids::now;
@@ -13,17 +14,17 @@ const COLUMNS: &str = "id, project_id, filename, purpose, bytes, created_at, exp
 /// Statuses of a batch that may still read its input file.
 const READING_STATUSES: &str = "'validating', 'in_progress', 'finalizing', 'cancelling'";
 
-pub(super) fn file_from_row(row: &SqliteRow) -> FileRecord {
-    FileRecord {
-        id: row.get("id"),
-        project_id: row.get("project_id"),
-        filename: row.get("filename"),
-        purpose: row.get("purpose"),
-        bytes: row.get("bytes"),
-        created_at: row.get("created_at"),
-        expires_at: row.get("expires_at"),
-        storage_key: row.get("storage_key"),
-    }
+pub(super) fn file_from_row(row: &SqliteRow) -> Result<FileRecord> {
+    Ok(FileRecord {
+        id: column(row, "id")?,
+        project_id: column(row, "project_id")?,
+        filename: column(row, "filename")?,
+        purpose: column(row, "purpose")?,
+        bytes: column(row, "bytes")?,
+        created_at: column(row, "created_at")?,
+        expires_at: column(row, "expires_at")?,
+        storage_key: column(row, "storage_key")?,
+    })
 }
 
 pub(super) async fn insert_file<'e, E: sqlx::SqliteExecutor<'e>>(executor: E, file: &FileRecord) -> Result<()> {
@@ -58,7 +59,7 @@ impl FileRepo for SqliteStore {
         .bind(project_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(file_from_row))
+        row.as_ref().map(file_from_row).transpose()
     }
 
     async fn get_file_even_deleted(&self, project_id: &str, id: &str) -> Result<Option<FileRecord>> {
@@ -69,7 +70,7 @@ impl FileRepo for SqliteStore {
         .bind(project_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(file_from_row))
+        row.as_ref().map(file_from_row).transpose()
     }
 
     async fn expired_files(&self, now: i64, limit: u32) -> Result<Vec<FileRecord>> {
@@ -81,7 +82,7 @@ impl FileRepo for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(file_from_row).collect())
+        rows.iter().map(file_from_row).collect()
     }
 
     async fn file_in_use(&self, id: &str) -> Result<bool> {
@@ -133,7 +134,11 @@ impl FileRepo for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         let has_more = rows.len() as i64 > i64::from(query.limit);
-        let items = rows.iter().take(query.limit as usize).map(file_from_row).collect();
+        let items = rows
+            .iter()
+            .take(query.limit as usize)
+            .map(file_from_row)
+            .collect::<Result<_>>()?;
         Ok(Some(Page { items, has_more }))
     }
 
@@ -147,7 +152,7 @@ impl FileRepo for SqliteStore {
         .bind(project_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(file_from_row))
+        row.as_ref().map(file_from_row).transpose()
     }
 
     async fn files_with_bytes_to_remove(&self, limit: u32) -> Result<Vec<FileRecord>> {
@@ -163,7 +168,7 @@ impl FileRepo for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(file_from_row).collect())
+        rows.iter().map(file_from_row).collect()
     }
 
     async fn bytes_removed(&self, id: &str, now: i64) -> Result<()> {

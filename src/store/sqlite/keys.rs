@@ -1,26 +1,26 @@
 //! `KeyRepo` on SQLite.
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
+use super::decode::column;
 use crate::auth::ApiKey;
 use crate::error::Result;
 use crate::store::KeyRepo;
 
 const COLUMNS: &str = "id, project_id, name, redacted, admin, created_at, revoked_at";
 
-fn key_of(row: &SqliteRow) -> ApiKey {
-    ApiKey {
-        id: row.get("id"),
-        project_id: row.get("project_id"),
-        name: row.get("name"),
-        redacted: row.get("redacted"),
-        admin: row.get::<i64, _>("admin") != 0,
-        created_at: row.get("created_at"),
-        revoked_at: row.get("revoked_at"),
-    }
+fn key_of(row: &SqliteRow) -> Result<ApiKey> {
+    Ok(ApiKey {
+        id: column(row, "id")?,
+        project_id: column(row, "project_id")?,
+        name: column(row, "name")?,
+        redacted: column(row, "redacted")?,
+        admin: column::<i64>(row, "admin")? != 0,
+        created_at: column(row, "created_at")?,
+        revoked_at: column(row, "revoked_at")?,
+    })
 }
 
 #[async_trait]
@@ -48,7 +48,7 @@ impl KeyRepo for SqliteStore {
             .bind(secret_hash)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(key_of))
+        row.as_ref().map(key_of).transpose()
     }
 
     async fn any_key_ever(&self) -> Result<bool> {
@@ -72,7 +72,7 @@ impl KeyRepo for SqliteStore {
             .bind(project_id)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(key_of).collect())
+        rows.iter().map(key_of).collect()
     }
 
     async fn revoke_key(&self, id: &str, now: i64) -> Result<Option<ApiKey>> {
@@ -86,6 +86,6 @@ impl KeyRepo for SqliteStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(key_of))
+        row.as_ref().map(key_of).transpose()
     }
 }

@@ -3,6 +3,7 @@
 //! commits.
 
 mod batches;
+mod decode;
 mod events;
 mod files;
 mod keys;

@@ -1,31 +1,46 @@
 //! `UploadRepo` on SQLite.
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
+use super::decode::column;
+use super::files::insert_file;
+use super::write_tx::WriteTx;
 use crate::error::Result;
-use crate::store::{UploadPart, UploadRecord, UploadRepo};
+use crate::files::FileRecord;
+use crate::store::{PartAdmission, UploadPart, UploadRecord, UploadRepo};
 
 const COLUMNS: &str =
     "id, project_id, filename, purpose, mime_type, bytes, created_at, expires_at, status, file_expires_after, file_id";
 
-fn upload_of(row: &SqliteRow) -> UploadRecord {
-    UploadRecord {
-        id: row.get("id"),
-        project_id: row.get("project_id"),
-        filename: row.get("filename"),
-        purpose: row.get("purpose"),
-        mime_type: row.get("mime_type"),
-        bytes: row.get("bytes"),
-        created_at: row.get("created_at"),
-        expires_at: row.get("expires_at"),
-        status: row.get("status"),
-        file_expires_after: row.get("file_expires_after"),
-        file_id: row.get("file_id"),
-    }
+fn upload_of(row: &SqliteRow) -> Result<UploadRecord> {
+    Ok(UploadRecord {
+        id: column(row, "id")?,
+        project_id: column(row, "project_id")?,
+        filename: column(row, "filename")?,
+        purpose: column(row, "purpose")?,
+        mime_type: column(row, "mime_type")?,
+        bytes: column(row, "bytes")?,
+        created_at: column(row, "created_at")?,
+        expires_at: column(row, "expires_at")?,
+        status: column(row, "status")?,
+        file_expires_after: column(row, "file_expires_after")?,
+        file_id: column(row, "file_id")?,
+    })
 }
+
+fn part_of(row: &SqliteRow) -> Result<UploadPart> {
+    Ok(UploadPart {
+        id: column(row, "id")?,
+        upload_id: column(row, "upload_id")?,
+        bytes: column(row, "bytes")?,
+        created_at: column(row, "created_at")?,
+        storage_key: column(row, "storage_key")?,
+    })
+}
+
+const TOTALS: &str = "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = ?";
 
 #[async_trait]
 impl UploadRepo for SqliteStore {
@@ -58,19 +73,45 @@ impl UploadRepo for SqliteStore {
             .bind(project_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(upload_of))
+        row.as_ref().map(upload_of).transpose()
     }
 
-    async fn insert_part(&self, p: &UploadPart) -> Result<()> {
+    async fn add_part(&self, p: &UploadPart, max_parts: i64) -> Result<PartAdmission> {
+        // One write transaction: a cancel, a completion or another part cannot
+        // slip in between the checks and the insert.
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        let upload: Option<(String, i64)> = sqlx::query_as("SELECT status, bytes FROM uploads WHERE id = ?")
+            .bind(&p.upload_id)
+            .fetch_optional(tx.conn())
+            .await?;
+        let (count, stored): (i64, i64) = sqlx::query_as(TOTALS).bind(&p.upload_id).fetch_one(tx.conn()).await?;
+        let admission = match upload {
+            None => PartAdmission::NotPending(None),
+            Some((status, _)) if status != "pending" => PartAdmission::NotPending(Some(status)),
+            Some(_) if count >= max_parts => PartAdmission::TooManyParts,
+            Some((_, declared)) if stored.saturating_add(p.bytes) > declared => {
+                PartAdmission::OverDeclared { declared, stored }
+            }
+            Some(_) => PartAdmission::Added,
+        };
+        if admission != PartAdmission::Added {
+            tx.rollback().await?;
+            return Ok(admission);
+        }
         sqlx::query("INSERT INTO upload_parts (id, upload_id, bytes, created_at, storage_key) VALUES (?, ?, ?, ?, ?)")
             .bind(&p.id)
             .bind(&p.upload_id)
             .bind(p.bytes)
             .bind(p.created_at)
             .bind(&p.storage_key)
-            .execute(&self.pool)
+            .execute(tx.conn())
             .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(PartAdmission::Added)
+    }
+
+    async fn part_totals(&self, upload_id: &str) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(TOTALS).bind(upload_id).fetch_one(&self.pool).await?)
     }
 
     async fn parts(&self, upload_id: &str) -> Result<Vec<UploadPart>> {
@@ -80,34 +121,44 @@ impl UploadRepo for SqliteStore {
         .bind(upload_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| UploadPart {
-                id: r.get("id"),
-                upload_id: r.get("upload_id"),
-                bytes: r.get("bytes"),
-                created_at: r.get("created_at"),
-                storage_key: r.get("storage_key"),
-            })
-            .collect())
+        rows.iter().map(part_of).collect()
     }
 
-    async fn finish_upload(&self, id: &str, status: &str, file_id: Option<&str>) -> Result<bool> {
-        let done = sqlx::query("UPDATE uploads SET status = ?, file_id = ? WHERE id = ? AND status = 'pending'")
-            .bind(status)
-            .bind(file_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+    async fn set_upload_status(&self, id: &str, from: &[&str], to: &str) -> Result<bool> {
+        let placeholders = vec!["?"; from.len()].join(", ");
+        let sql = format!("UPDATE uploads SET status = ? WHERE id = ? AND status IN ({placeholders})");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(to).bind(id);
+        for status in from {
+            query = query.bind(*status);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    async fn complete_upload(&self, id: &str, file: &FileRecord) -> Result<bool> {
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        let done =
+            sqlx::query("UPDATE uploads SET status = 'completed', file_id = ? WHERE id = ? AND status = 'completing'")
+                .bind(&file.id)
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_file(tx.conn(), file).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn expired_uploads(&self, now: i64) -> Result<Vec<UploadRecord>> {
-        let sql = format!("SELECT {COLUMNS} FROM uploads WHERE status = 'pending' AND expires_at <= ? LIMIT 1000");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM uploads WHERE status IN ('pending', 'completing') AND expires_at <= ? LIMIT 1000"
+        );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(upload_of).collect())
+        rows.iter().map(upload_of).collect()
     }
 }
