@@ -51,6 +51,26 @@ impl ResultRepo for SqliteStore {
             .iter()
             .filter(|r| seen.insert((r.batch_id.as_str(), r.line)))
             .collect();
+        // A batch that already ended has its results in its files and its rows
+        // deleted (delete_results), so the primary key no longer stops a late
+        // duplicate: refuse results for ended batches, in this transaction.
+        let mut ended = HashSet::new();
+        for batch_id in unique.iter().map(|r| r.batch_id.as_str()).collect::<HashSet<_>>() {
+            let terminal: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM batches WHERE id = ? AND status IN ('completed', 'failed', 'expired', 'cancelled')",
+            )
+            .bind(batch_id)
+            .fetch_optional(tx.conn())
+            .await?;
+            if terminal.is_some() {
+                tracing::warn!(batch_id, "results for a batch that already ended were ignored");
+                ended.insert(batch_id);
+            }
+        }
+        let unique: Vec<&LineResult> = unique
+            .into_iter()
+            .filter(|r| !ended.contains(r.batch_id.as_str()))
+            .collect();
         // Multi-row inserts: one statement per chunk instead of one per line.
         // RETURNING names only the rows actually inserted, so a line that
         // already had a result (a duplicate after a resume) is not counted twice.
@@ -270,6 +290,31 @@ mod tests {
         let output = store.result_page("b1", false, 0, 10, u64::MAX).await.unwrap();
         assert_eq!(output[0], (7, "{\"line\":7}".to_string()));
         assert!(store.result_page("b1", true, 0, 10, u64::MAX).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn results_for_a_batch_that_ended_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        store.insert_batch(&batch("b1")).await.unwrap();
+        store.insert_batch(&batch("b2")).await.unwrap();
+        store.record_results(&[result("b1", 1, false)]).await.unwrap();
+        // The batch ends: its rows go into its files and are deleted.
+        sqlx::query("UPDATE batches SET status = 'completed' WHERE id = 'b1'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        delete_results(&store.pool, "b1").await.unwrap();
+        // A late duplicate of line 1 must not be stored or counted again.
+        store
+            .record_results(&[result("b1", 1, false), result("b2", 1, false)])
+            .await
+            .unwrap();
+        let b1 = store.get_batch_any_project("b1").await.unwrap().unwrap();
+        assert_eq!(b1.request_counts.completed, 1);
+        assert!(store.finished_lines("b1").await.unwrap().is_empty());
+        let b2 = store.get_batch_any_project("b2").await.unwrap().unwrap();
+        assert_eq!(b2.request_counts.completed, 1, "other batches in the group still count");
     }
 
     #[tokio::test]
