@@ -21,6 +21,7 @@ pub mod files;
 pub mod ids;
 pub mod metrics;
 pub mod models;
+pub mod server;
 pub mod store;
 pub mod testing;
 pub mod webhooks;
