@@ -162,8 +162,7 @@ impl Running {
     /// dispatch stops at once while HTTP drains, queued results are committed,
     /// engines are stopped; all of it within the shutdown deadline.
     async fn run(mut self, http: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let http = http.fuse();
-        tokio::pin!(http);
+        let mut http = Box::pin(http.fuse());
         let failure = tokio::select! {
             // A stop ends the sweeper, the dispatcher and the listener too:
             // seen first, so their ends are not taken for failures.
@@ -190,6 +189,8 @@ impl Running {
             )
         })
         .await;
+        // Past the deadline this closes whatever connections are still open.
+        drop(http);
         if drained.is_err() {
             tracing::warn!(
                 deadline_secs = self.deadline.as_secs(),

@@ -35,7 +35,7 @@ impl DataDirLock {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
                 // The pid is only for the message another server prints.
-                (&*lock).set_len(0)?;
+                lock.set_len(0)?;
                 writeln!(&*lock, "{}", std::process::id())?;
                 Ok(DataDirLock { _file: lock })
             }
