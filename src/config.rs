@@ -124,6 +124,22 @@ pub struct ServerConfig {
     /// default: the page spans every project (batch counts, model names,
     /// queue depths), so scraping it then takes an admin key.
     pub metrics_public: bool,
+    /// A client must send a request's head (and finish a TLS handshake)
+    /// within this many seconds, or it is disconnected (slowloris).
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in flight and no bytes moving for this
+    /// many seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// A request body (an upload) that sends nothing for this many seconds
+    /// fails the request.
+    pub request_body_timeout_secs: u64,
+    /// Most connections open at once; further clients wait in the accept
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// PEM certificate chain: with `tls_key`, the API is served over HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +151,12 @@ impl Default for ServerConfig {
             allow_unauthenticated: false,
             require_keys: false,
             metrics_public: false,
+            header_read_timeout_secs: 30,
+            idle_timeout_secs: 120,
+            request_body_timeout_secs: 300,
+            max_connections: 1024,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -175,6 +197,9 @@ pub struct LimitsConfig {
     pub max_writer_queue_bytes: u64,
     /// Most parts one Uploads API upload takes (parts have no minimum size).
     pub max_upload_parts: u64,
+    /// Uploads (`POST /v1/files`, upload parts) streaming at once; more get
+    /// 429 `rate_limit_exceeded`. Each one buffers several MB on its way to storage.
+    pub max_concurrent_uploads: usize,
 }
 
 impl Default for LimitsConfig {
@@ -192,6 +217,7 @@ impl Default for LimitsConfig {
             max_response_bytes: 64 * 1024 * 1024,
             max_writer_queue_bytes: 256 * 1024 * 1024,
             max_upload_parts: 10_000,
+            max_concurrent_uploads: 64,
         }
     }
 }
@@ -216,6 +242,9 @@ pub struct ExecutionConfig {
     /// On SIGTERM, how long in-flight lines may take to finish before the
     /// server exits anyway (those lines are sent again after a restart).
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM, the server exits after at most this many seconds, even if
+    /// a download or a result commit has not finished by then.
+    pub shutdown_deadline_secs: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -229,6 +258,7 @@ impl Default for ExecutionConfig {
             allowed_completion_windows: vec!["24h".into()],
             file_sweep_interval_ms: 60_000,
             shutdown_grace_secs: 30,
+            shutdown_deadline_secs: 60,
         }
     }
 }
@@ -476,12 +506,46 @@ impl Config {
             (1..=i64::MAX as u64).contains(&self.limits.max_upload_parts),
             "limits.max_upload_parts must be at least 1"
         );
+        self.check_server_limits()?;
         for window in &self.execution.allowed_completion_windows {
             anyhow::ensure!(
                 window_seconds(window).is_some(),
                 "execution.allowed_completion_windows: {window:?} is not a number followed by s, m, h or d"
             );
         }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The listener's limits and the shutdown deadline: a zero would make
+    /// every connection time out, or the server refuse all work.
+    fn check_server_limits(&self) -> anyhow::Result<()> {
+        let server = &self.server;
+        for (name, value) in [
+            ("server.header_read_timeout_secs", server.header_read_timeout_secs),
+            ("server.idle_timeout_secs", server.idle_timeout_secs),
+            ("server.request_body_timeout_secs", server.request_body_timeout_secs),
+            ("server.max_connections", server.max_connections as u64),
+            (
+                "limits.max_concurrent_uploads",
+                self.limits.max_concurrent_uploads as u64,
+            ),
+            (
+                "execution.shutdown_deadline_secs",
+                self.execution.shutdown_deadline_secs,
+            ),
+        ] {
+            anyhow::ensure!(value > 0, "{name} must be at least 1");
+        }
+        anyhow::ensure!(
+            server.tls_cert.is_some() == server.tls_key.is_some(),
+            "server.tls_cert and server.tls_key go together: give both or neither"
+        );
+        anyhow::ensure!(
+            self.execution.shutdown_deadline_secs >= self.execution.shutdown_grace_secs,
+            "execution.shutdown_deadline_secs must be at least execution.shutdown_grace_secs"
+        );
         Ok(())
     }
 }

@@ -104,6 +104,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     if config.models.is_empty() {
         tracing::warn!("no [[models]] configured: batches will fail validation with model_not_found");
     }
+    raise_open_files_limit();
     let server = Server::start(config).await?;
     // One machine-readable line on stdout, for scripts and tests that start
     // batchd on port 0.
@@ -116,6 +117,19 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         stopper.cancel();
     });
     server.wait().await
+}
+
+/// Every connection is a file descriptor, and the usual soft limit (1024) is
+/// far below the hard one; raise it as Go's runtime does, so
+/// `server.max_connections` fits.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "could not raise the open-files limit");
+    }
 }
 
 async fn keys(config: Option<PathBuf>, data_dir: Option<PathBuf>, action: KeysAction) -> anyhow::Result<()> {

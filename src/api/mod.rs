@@ -12,6 +12,7 @@ pub mod files;
 pub mod models;
 pub mod project;
 pub mod query;
+pub mod upload_limit;
 pub mod uploads;
 pub mod wire;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub min_expires_after_secs: i64,
     /// `server.metrics_public`.
     pub metrics_public: bool,
+    /// `limits.max_concurrent_uploads` slots, taken by each upload while it streams.
+    pub upload_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Issues `req_<hex>` ids, the format OpenAI's `x-request-id` has.
@@ -56,12 +59,17 @@ impl MakeRequestId for OpenAiRequestId {
 }
 
 pub fn router(state: AppState) -> Router {
+    let limit_uploads =
+        || axum::middleware::from_fn_with_state(state.upload_slots.clone(), upload_limit::limit_uploads);
     Router::new()
         .route(
             "/v1/files",
             // Uploads are streamed and bounded by `limits.max_upload_bytes`
             // while they stream, not by axum's default 2 MB buffer limit.
-            post(files::upload).layer(DefaultBodyLimit::disable()).get(files::list),
+            post(files::upload)
+                .layer(DefaultBodyLimit::disable())
+                .layer(limit_uploads())
+                .get(files::list),
         )
         .route("/v1/files/{file_id}", get(files::retrieve).delete(files::delete))
         .route("/v1/files/{file_id}/content", get(files::content))
@@ -69,7 +77,9 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/uploads/{upload_id}/parts",
             // Parts stream to storage, bounded at 64 MB while they stream.
-            post(uploads::add_part).layer(DefaultBodyLimit::disable()),
+            post(uploads::add_part)
+                .layer(DefaultBodyLimit::disable())
+                .layer(limit_uploads()),
         )
         .route("/v1/uploads/{upload_id}/complete", post(uploads::complete))
         .route("/v1/uploads/{upload_id}/cancel", post(uploads::cancel))

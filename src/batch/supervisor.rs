@@ -28,7 +28,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn start(rt: Runtime, poll_interval: Duration) -> Arc<Self> {
+    /// Starts the scan loop; its handle goes to the server's task owner, which
+    /// stops the server if the loop ever ends on its own.
+    pub fn start(rt: Runtime, poll_interval: Duration) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let supervisor = Arc::new(Self {
             rt,
             running: Mutex::new(HashMap::new()),
@@ -39,8 +41,8 @@ impl Supervisor {
             poll_interval,
         });
         let this = supervisor.clone();
-        supervisor.tasks.spawn(async move { this.scan_loop().await });
-        supervisor
+        let scan_loop = supervisor.tasks.spawn(async move { this.scan_loop().await });
+        (supervisor, scan_loop)
     }
 
     /// Asks the supervisor to look for work now (a batch was created or cancelled).

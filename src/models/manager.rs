@@ -129,7 +129,7 @@ impl ModelManager {
         registry: ModelRegistry,
         engine_exe: &std::path::Path,
         log_dir: &std::path::Path,
-    ) -> Self {
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let mut specs = HashMap::new();
         let mut slots = HashMap::new();
         for m in models {
@@ -175,8 +175,10 @@ impl ModelManager {
             changed: Notify::new(),
             stop: CancellationToken::new(),
         });
-        tokio::spawn(reconcile_loop(inner.clone()));
-        Self { inner }
+        // The handle goes to the server's task owner, which stops the server
+        // if the loop ever ends while it runs.
+        let reconcile = tokio::spawn(reconcile_loop(inner.clone()));
+        (Self { inner }, reconcile)
     }
 
     /// Waits for the batch's turn on its model: the model is loaded (started
@@ -512,7 +514,16 @@ fn apply(inner: &Arc<Inner>, action: Action) {
         Action::Unload(model) => {
             let mut state = inner.lock();
             let slot = state.models.get_mut(&model).expect("known model");
-            assert_eq!(slot.running, 0, "a model is never unloaded with a batch running on it");
+            if slot.running != 0 {
+                // The policy never asks for this. Refusing beats a panic here,
+                // which would poison the state mutex and break every lease.
+                tracing::error!(
+                    model,
+                    running = slot.running,
+                    "not unloading a model with batches running on it"
+                );
+                return;
+            }
             slot.phase = Phase::Stopping;
             let process = slot.process.take();
             drop(state);
@@ -637,4 +648,30 @@ fn fail(inner: &Arc<Inner>, state: &mut MutexGuard<'_, State>, model: &str, mess
         tokio::spawn(dead.stop());
     }
     inner.bump();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unload_while_batches_run_is_refused_and_leaves_the_state_usable() {
+        let models = vec![ModelConfig::command("m", "serve --port {port}")];
+        let registry = ModelRegistry::new(&models, &Default::default()).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let (manager, reconcile) = ModelManager::new(
+            &models,
+            SchedulerConfig::default(),
+            registry,
+            std::path::Path::new("batchd"),
+            logs.path(),
+        );
+        reconcile.abort();
+        manager.inner.lock().models.get_mut("m").unwrap().running = 1;
+        apply(&manager.inner, Action::Unload("m".into()));
+        // Before: an assert fired under the state mutex and poisoned it.
+        let status = manager.status("m").expect("state still readable");
+        assert_eq!(status.running_batches, 1);
+        assert_eq!(status.state, "unloaded");
+    }
 }
