@@ -243,6 +243,10 @@ impl Core {
         let data_dir = &config.server.data_dir;
         std::fs::create_dir_all(data_dir)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?);
+        // Before any batch can end: terminal transitions write outbox rows
+        // only for the projects recorded here.
+        let webhook_projects: Vec<String> = config.webhooks.iter().map(|h| h.project.clone()).collect();
+        store.set_webhook_projects(&webhook_projects).await?;
         let blobs = Blobs::local(&data_dir.join("blobs"))?;
         let models = ModelRegistry::new(&config.models, &config.execution)?;
         for name in models.names() {

@@ -38,10 +38,8 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let projects: Vec<String> = hooks.iter().map(|h| h.project.clone()).collect();
-        if let Err(e) = store.set_webhook_projects(&projects).await {
-            tracing::error!(error = %e, "could not record which projects have webhooks");
-        }
+        // The projects with endpoints were recorded by `Core::open`, before
+        // the supervisor started.
         let hooks = Arc::new(hooks);
         let cfg = Arc::new(cfg);
         // Aborted when the loop returns: a delivery cut off by shutdown is
