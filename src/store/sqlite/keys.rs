@@ -56,14 +56,14 @@ impl KeyRepo for SqliteStore {
         let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys) AS any_key")
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.try_get::<i64, _>("any_key")? != 0)
+        Ok(column::<i64>(&row, "any_key")? != 0)
     }
 
     async fn count_active_keys(&self) -> Result<u64> {
         let row = sqlx::query("SELECT COUNT(*) AS active FROM api_keys WHERE revoked_at IS NULL")
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.try_get::<i64, _>("active")?.max(0) as u64)
+        Ok(column::<i64>(&row, "active")?.max(0) as u64)
     }
 
     async fn list_keys(&self, project_id: Option<&str>) -> Result<Vec<ApiKey>> {
