@@ -8,26 +8,8 @@ mod common;
 use std::process::Command;
 
 use batchd::app::Server;
-use common::{Harness, chat_line, test_config};
+use common::{Harness, chat_line, create_key, test_config};
 use serde_json::{Value, json};
-
-/// Creates a key with the real CLI, on the running server's database.
-fn create_key(h: &Harness, project: &str, admin: bool) -> Value {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchd"));
-    cmd.args(["keys", "--data-dir"]).arg(&h.config.server.data_dir).args([
-        "create",
-        "--project",
-        project,
-        "--name",
-        "test",
-    ]);
-    if admin {
-        cmd.arg("--admin");
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 async fn call(
     h: &Harness,

@@ -206,23 +206,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    use std::io::{BufRead, BufReader};
-    // The caller's plain `reqwest::Client`s need a default rustls provider.
-    batchd::http_client::install_crypto_provider();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchd"))
-        .args(args)
-        .env("BATCHD_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "batchd did not start: {line:?}");
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    (KillOnDrop(child), url)
+    spawn_batchd_with_env(args, |_| {})
 }
 
 /// A chat request line whose prompt is `content`.
@@ -322,6 +306,7 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     use std::io::{BufRead, BufReader};
+    // The caller's plain `reqwest::Client`s need a default rustls provider.
     batchd::http_client::install_crypto_provider();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_batchd"));
     command
