@@ -119,6 +119,11 @@ impl Default for ServerConfig {
     }
 }
 
+/// The embedded engine's request body limit. It must hold any line batchd
+/// accepts, so `limits.max_line_bytes` may not exceed it when a model uses
+/// the engine.
+pub const ENGINE_MAX_REQUEST_BYTES: u64 = 256 * 1024 * 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -138,6 +143,10 @@ pub struct LimitsConfig {
     /// An Uploads API upload not completed within this many seconds expires
     /// and its parts are deleted (OpenAI: one hour; lower values for tests).
     pub upload_ttl_secs: i64,
+    /// Batches validated at once (each streams its whole input file, holding
+    /// one line in memory); the rest wait without holding the file open.
+    /// 0 means one per CPU.
+    pub max_concurrent_validations: usize,
 }
 
 impl Default for LimitsConfig {
@@ -150,6 +159,7 @@ impl Default for LimitsConfig {
             max_reported_errors: 1000,
             min_expires_after_secs: 3600,
             upload_ttl_secs: 3600,
+            max_concurrent_validations: 0,
         }
     }
 }
@@ -398,6 +408,10 @@ impl Config {
                 model.name
             );
         }
+        anyhow::ensure!(
+            self.models.iter().all(|m| m.engine.is_none()) || self.limits.max_line_bytes <= ENGINE_MAX_REQUEST_BYTES,
+            "limits.max_line_bytes may be at most {ENGINE_MAX_REQUEST_BYTES} (the embedded engine's request limit) when a model uses `engine`"
+        );
         for hook in &self.webhooks {
             anyhow::ensure!(
                 hook.url.starts_with("http://") || hook.url.starts_with("https://"),

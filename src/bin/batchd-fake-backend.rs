@@ -29,6 +29,10 @@ struct Args {
     /// Unix milliseconds to this file (benchmarks).
     #[arg(long)]
     timeline: Option<std::path::PathBuf>,
+    /// Exit at once on a request whose prompt holds `[crash_server]`, like a
+    /// model server that a poison request crashes.
+    #[arg(long)]
+    exit_on_crash_marker: bool,
 }
 
 #[tokio::main]
@@ -44,6 +48,7 @@ async fn main() -> std::io::Result<()> {
             ms_per_token: args.ms_per_token,
         }),
         timeline: args.timeline.clone(),
+        exit_on_crash_marker: args.exit_on_crash_marker,
     };
     let backend = FakeBackend::start_with(args.listen, options).await?;
     timeline_event(args.timeline.as_deref(), "listening");

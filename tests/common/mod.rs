@@ -272,3 +272,28 @@ pub async fn create_batch_at(http: &reqwest::Client, api: &str, key: Option<&str
     let batch: Value = request.send().await.unwrap().json().await.unwrap();
     batch["id"].as_str().expect("a batch id").to_owned()
 }
+
+/// Like `spawn_batchd`, with extra environment variables (for example a
+/// debug-build failpoint, `BATCHD_FAILPOINT`).
+pub fn spawn_batchd_with_env<I, S>(args: I, env: &[(&str, &str)]) -> (KillOnDrop, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .args(args)
+        .env("BATCHD_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "batchd did not start: {line:?}");
+    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (KillOnDrop(child), url)
+}

@@ -8,7 +8,7 @@ use super::write_tx::WriteTx;
 use crate::batch::record::{BatchError, BatchRecord, RequestCounts, Usage};
 use crate::batch::status::BatchStatus;
 use crate::error::{Error, Result};
-use crate::store::{BatchRepo, CancelOutcome, FinishedFile, Page, ResultFileKind};
+use crate::store::{BatchIntents, BatchRepo, CancelOutcome, FinishedFile, Page, ResultFileKind};
 
 fn batch_from_row(row: &SqliteRow) -> Result<BatchRecord> {
     let status: String = row.get("status");
@@ -314,6 +314,88 @@ impl BatchRepo for SqliteStore {
         tx.commit().await?;
         Ok(true)
     }
+
+    async fn batch_intents(&self, id: &str) -> Result<BatchIntents> {
+        let row: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT failing_errors, line_limit FROM batches WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((failing, line_limit)) = row else {
+            return Ok(BatchIntents::default());
+        };
+        let failing = failing
+            .map(|json| serde_json::from_str::<Vec<BatchError>>(&json))
+            .transpose()
+            .map_err(Error::internal)?;
+        Ok(BatchIntents {
+            failing,
+            line_limit: line_limit.and_then(|l| u64::try_from(l).ok()),
+        })
+    }
+
+    async fn set_line_limit(&self, id: &str, limit: u64) -> Result<()> {
+        sqlx::query("UPDATE batches SET line_limit = ? WHERE id = ?")
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_failing(&self, id: &str, errors: &[BatchError]) -> Result<bool> {
+        let errors = serde_json::to_string(errors).map_err(Error::internal)?;
+        let done = sqlx::query(
+            "UPDATE batches SET failing_errors = COALESCE(failing_errors, ?) WHERE id = ? AND status = 'in_progress'",
+        )
+        .bind(errors)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_failed(&self, id: &str, from: BatchStatus, files: &[FinishedFile], now: i64) -> Result<bool> {
+        let to = BatchStatus::Failed;
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        let sql = format!(
+            "UPDATE batches SET status = ?2{}, errors = COALESCE(failing_errors, errors)
+             WHERE id = ?3 AND status = ?4",
+            stamp_clause(to)
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(to.as_str())
+            .bind(id)
+            .bind(from.as_str())
+            .execute(tx.conn())
+            .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        register_result_files(tx.conn(), id, files).await?;
+        record_event(tx.conn(), id, to, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// Inserts the result files' rows and points the batch at them.
+async fn register_result_files(conn: &mut sqlx::SqliteConnection, id: &str, files: &[FinishedFile]) -> Result<()> {
+    for file in files {
+        insert_file(&mut *conn, &file.record).await?;
+        let column = match file.kind {
+            ResultFileKind::Output => "output_file_id",
+            ResultFileKind::Error => "error_file_id",
+        };
+        sqlx::query(AssertSqlSafe(format!("UPDATE batches SET {column} = ? WHERE id = ?")))
+            .bind(&file.record.id)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Queues the webhook event of a terminal transition, in the transition's own
