@@ -130,3 +130,46 @@ async fn a_line_that_crashes_the_model_twice_fails_alone() {
     assert_eq!(b_outcomes.len(), 10, "{b_outcomes:?}");
     assert!(b_outcomes.iter().all(|(_, o)| o == "ok"), "{b_outcomes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_restarts_run_out_the_batch_ends_failed_instead_of_hanging() {
+    let fake = env!("CARGO_BIN_EXE_batchd-fake-backend");
+    let h = Harness::start_with(|c| {
+        let mut m = ModelConfig::command(
+            "fragile-model",
+            &format!("exec {fake} --listen 127.0.0.1:{{port}} --delay-ms 20 --exit-on-crash-marker"),
+        );
+        m.max_concurrency = 4;
+        m.start_timeout_secs = 20;
+        m.stop_grace_secs = 1;
+        c.models = vec![m];
+        // The first crash already uses up the restarts.
+        c.scheduler.max_restarts = 0;
+        c.execution.max_attempts = 1;
+    })
+    .await;
+    let lines: Vec<Value> = (0..20)
+        .map(|i| {
+            let text = if i == 5 {
+                "[crash_server]".to_owned()
+            } else {
+                format!("hello {i}")
+            };
+            chat_line(&format!("f-{i}"), "fragile-model", &text)
+        })
+        .collect();
+    let file = h.upload_lines(&lines).await;
+    let id = h.create_batch(&file, "/v1/chat/completions").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = h.wait_terminal(&id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["errors"]["data"][0]["code"], "model_unavailable", "{done}");
+    let counts = &done["request_counts"];
+    assert_eq!(
+        counts["completed"].as_u64().unwrap() + counts["failed"].as_u64().unwrap(),
+        20,
+        "{done}"
+    );
+}

@@ -47,7 +47,9 @@ pub async fn finalize(rt: &Runtime, batch: &BatchRecord, from: BatchStatus, to: 
     }
     if to != BatchStatus::Failed {
         // A cancel that won over a failure still tells why lines did not run.
-        errors.splice(0..0, failing.unwrap_or_default());
+        if to == BatchStatus::Cancelled {
+            errors.splice(0..0, failing.unwrap_or_default());
+        }
         if !errors.is_empty() {
             rt.store.set_errors(&batch.id, &errors).await?;
         }

@@ -222,8 +222,14 @@ impl ModelManager {
                         self.inner.bump();
                         None
                     }
-                    Phase::Unloaded | Phase::Sleeping if slot.running == 0 => {
-                        return Err("the model is not loaded".into());
+                    // With batches holding leases, a model is unloaded only
+                    // by a failed start (perhaps before this line's send
+                    // ended): waiting would never end.
+                    Phase::Unloaded | Phase::Sleeping => {
+                        return Err(slot
+                            .last_error
+                            .clone()
+                            .unwrap_or_else(|| "the model is not loaded".into()));
                     }
                     _ => None,
                 }
@@ -265,8 +271,12 @@ impl ModelManager {
                 if slot.failures > failures_before {
                     return None;
                 }
-                if slot.phase == Phase::Loaded && slot.process.as_ref().is_some_and(ServerProcess::is_running) {
-                    return Some(slot.generation);
+                match slot.phase {
+                    Phase::Loaded if slot.process.as_ref().is_some_and(ServerProcess::is_running) => {
+                        return Some(slot.generation);
+                    }
+                    Phase::Unloaded | Phase::Sleeping => return None,
+                    _ => {}
                 }
             }
             tokio::select! {
