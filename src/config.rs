@@ -161,6 +161,11 @@ impl Default for ServerConfig {
     }
 }
 
+/// The embedded engine's request body limit. It must hold any line batchd
+/// accepts, so `limits.max_line_bytes` may not exceed it when a model uses
+/// the engine.
+pub const ENGINE_MAX_REQUEST_BYTES: u64 = 256 * 1024 * 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -200,6 +205,10 @@ pub struct LimitsConfig {
     /// Uploads (`POST /v1/files`, upload parts) streaming at once; more get
     /// 429 `rate_limit_exceeded`. Each one buffers several MB on its way to storage.
     pub max_concurrent_uploads: usize,
+    /// Batches validated at once (each streams its whole input file, holding
+    /// one line in memory); the rest wait without holding the file open.
+    /// 0 means one per CPU.
+    pub max_concurrent_validations: usize,
 }
 
 impl Default for LimitsConfig {
@@ -218,6 +227,7 @@ impl Default for LimitsConfig {
             max_writer_queue_bytes: 256 * 1024 * 1024,
             max_upload_parts: 10_000,
             max_concurrent_uploads: 64,
+            max_concurrent_validations: 0,
         }
     }
 }
@@ -470,6 +480,10 @@ impl Config {
                 model.name
             );
         }
+        anyhow::ensure!(
+            self.models.iter().all(|m| m.engine.is_none()) || self.limits.max_line_bytes <= ENGINE_MAX_REQUEST_BYTES,
+            "limits.max_line_bytes may be at most {ENGINE_MAX_REQUEST_BYTES} (the embedded engine's request limit) when a model uses `engine`"
+        );
         for hook in &self.webhooks {
             anyhow::ensure!(
                 hook.url.starts_with("http://") || hook.url.starts_with("https://"),

@@ -230,3 +230,29 @@ async fn bad_input_gets_a_400_and_the_engine_keeps_serving() {
     let (status, r) = e.chat(json!({"max_tokens": 2})).await;
     assert_eq!(status, 200, "the engine must still serve: {r}");
 }
+
+#[tokio::test]
+async fn a_request_over_two_megabytes_is_not_refused_by_a_body_limit() {
+    let engine = start_engine();
+    // About 3 MB of JSON, mostly a field the engine ignores: such a line
+    // passes batchd's 16 MiB line limit, so the engine must not refuse it.
+    let padding = "x".repeat(3 * 1024 * 1024);
+    let (status, body) = engine.chat(json!({"max_tokens": 2, "user": padding})).await;
+    assert_ne!(status, 413, "{body}");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn embeddings_take_at_most_2048_inputs_per_request() {
+    let engine = start_engine();
+    let inputs: Vec<String> = (0..2049).map(|i| format!("w{i}")).collect();
+    let (status, body) = engine
+        .post("/v1/embeddings", json!({"model": "tiny", "input": inputs}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "input", "{body}");
+    let (status, body) = engine
+        .post("/v1/embeddings", json!({"model": "tiny", "input": ["one", "two"]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -5,10 +5,11 @@
 
 use super::Runtime;
 use super::endpoint::Endpoint;
+use super::input::{InputError, input_reader, recover_custom_id, unreadable_error};
 use super::output_line;
-use super::record::BatchRecord;
+use super::record::{BatchError, BatchRecord};
 use super::request_line::parse_line;
-use super::runner::{input_reader, result};
+use super::runner::result;
 use super::status::BatchStatus;
 use crate::error::{Error, Result};
 use crate::files::blobs::BlobError;
@@ -23,27 +24,23 @@ const PAGE: u32 = 256;
 /// one line): 256 large responses must not be held at once (audit H3).
 const PAGE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Ends the batch as `to` (completed, cancelled or expired) from status `from`.
-/// Returns false if the batch was no longer in `from` (another transition won).
+/// Ends the batch as `to` (completed, cancelled, expired or failed) from
+/// status `from`. Returns false if the batch was no longer in `from` (another
+/// transition won).
 pub async fn finalize(rt: &Runtime, batch: &BatchRecord, from: BatchStatus, to: BatchStatus) -> Result<bool> {
+    let failing = rt.store.batch_intents(&batch.id).await?.failing;
+    let mut errors: Vec<BatchError> = vec![];
     // Lines that never ran still appear once, in the error file, when the batch
     // had started running: every custom_id of the input is accounted for.
     if to != BatchStatus::Completed && batch.in_progress_at.is_some() {
-        let (code, message) = match to {
-            BatchStatus::Expired => (
-                "batch_expired",
-                "This request could not be executed before the completion window expired.",
-            ),
-            BatchStatus::Failed => (
-                "model_unavailable",
-                "This request was not executed: the model server could not be started or kept running (see the batch's errors).",
-            ),
-            _ => (
-                "batch_cancelled",
-                "This request was not executed because the batch was cancelled.",
-            ),
-        };
-        record_unexecuted(rt, batch, code, message).await?;
+        let (code, message) = unexecuted_reason(to, failing.as_deref());
+        if let Some(reason) = record_unexecuted(rt, batch, code, message).await? {
+            // The input cannot be read to its end, so the lines past that
+            // point cannot be named: the batch says so instead.
+            if failing.is_none() {
+                errors.push(unreadable_error(&reason));
+            }
+        }
     }
     let mut files = vec![];
     for kind in [ResultFileKind::Output, ResultFileKind::Error] {
@@ -51,34 +48,98 @@ pub async fn finalize(rt: &Runtime, batch: &BatchRecord, from: BatchStatus, to: 
             files.push(FinishedFile { record, kind });
         }
     }
-    let finished = rt.store.finish(&batch.id, from, to, &files, ids::now()).await?;
+    if to != BatchStatus::Failed {
+        // A cancel that won over a failure still tells why lines did not run.
+        if to == BatchStatus::Cancelled {
+            errors.splice(0..0, failing.unwrap_or_default());
+        }
+        if !errors.is_empty() {
+            rt.store.set_errors(&batch.id, &errors).await?;
+        }
+    }
+    let finished = if to == BatchStatus::Failed {
+        rt.store.finish_failed(&batch.id, from, &files, ids::now()).await?
+    } else {
+        rt.store.finish(&batch.id, from, to, &files, ids::now()).await?
+    };
     if finished {
         tracing::info!(batch_id = %batch.id, status = to.as_str(), "batch finished");
     }
     Ok(finished)
 }
 
+/// The error code and message of lines that never ran, by how the batch ends.
+fn unexecuted_reason(to: BatchStatus, failing: Option<&[BatchError]>) -> (&'static str, &'static str) {
+    let input_unreadable = failing.is_some_and(|f| f.iter().any(|e| e.code == "input_unreadable"));
+    match to {
+        BatchStatus::Expired => (
+            "batch_expired",
+            "This request could not be executed before the completion window expired.",
+        ),
+        BatchStatus::Failed if input_unreadable => (
+            "input_unreadable",
+            "This request was not executed: the batch's input file could not be read again (see the batch's errors).",
+        ),
+        BatchStatus::Failed => (
+            "model_unavailable",
+            "This request was not executed: the model server could not be started or kept running (see the batch's errors).",
+        ),
+        _ => (
+            "batch_cancelled",
+            "This request was not executed because the batch was cancelled.",
+        ),
+    }
+}
+
 /// Records a `code` error result for every input line without a result.
-async fn record_unexecuted(rt: &Runtime, batch: &BatchRecord, code: &str, message: &str) -> Result<()> {
+/// Returns why the input could not be read to its end, if it could not be;
+/// errors that may heal are returned as errors (finalization is retried).
+async fn record_unexecuted(rt: &Runtime, batch: &BatchRecord, code: &str, message: &str) -> Result<Option<String>> {
     let Some(endpoint) = Endpoint::parse(&batch.endpoint) else {
-        return Ok(());
+        return Ok(None);
     };
     let finished = rt.store.finished_lines(&batch.id).await?;
     let mut finished = finished.into_iter().peekable();
-    let mut reader = input_reader(rt, batch).await?;
+    let mut reader = match input_reader(rt, batch).await {
+        Ok(reader) => reader,
+        Err(InputError::Unreadable(reason)) => return Ok(Some(reason)),
+        Err(InputError::Failed(e)) => return Err(e),
+    };
+    let mut unreadable = None;
+    let mut recorded: u64 = 0;
     while let Some(line) = reader.next_line().await {
-        let line = line.map_err(Error::internal)?;
+        let line = match line.map_err(InputError::from) {
+            Ok(line) => line,
+            Err(InputError::Unreadable(reason)) => {
+                unreadable = Some(reason);
+                break;
+            }
+            Err(InputError::Failed(e)) => {
+                rt.writer.flush().await;
+                return Err(e);
+            }
+        };
         while finished.next_if(|&n| n < line.number).is_some() {}
         if finished.next_if_eq(&line.number).is_some() {
             continue;
         }
-        if let Ok(request) = parse_line(&line.bytes, endpoint) {
-            let rendered = output_line::error_line(&request.custom_id, code, message);
-            rt.writer.submit(result(&batch.id, line.number, rendered)).await;
+        // A stored line that no longer parses keeps its line number and
+        // whatever custom_id its JSON still has (see docs/compatibility.md).
+        let custom_id = match parse_line(&line.bytes, endpoint) {
+            Ok(request) => request.custom_id,
+            Err(_) => recover_custom_id(&line.bytes),
+        };
+        let rendered = output_line::error_line(&custom_id, code, message);
+        rt.writer.submit(result(&batch.id, line.number, rendered)).await;
+        recorded += 1;
+        if recorded == 1 {
+            // Crash tests: die with some of the rows written, none of the files.
+            rt.writer.flush().await;
+            super::failpoint::abort_if_set("unexecuted_rows_partly_written");
         }
     }
     rt.writer.flush().await;
-    Ok(())
+    Ok(unreadable)
 }
 
 /// Writes one result file; `None` when the batch has no lines for it.

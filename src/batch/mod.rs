@@ -3,7 +3,9 @@
 //! supervisor that owns all of it in the background.
 
 pub mod endpoint;
+pub mod failpoint;
 pub mod finalize;
+pub mod input;
 pub mod lines;
 pub mod output_line;
 pub mod record;

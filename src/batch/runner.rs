@@ -3,15 +3,17 @@
 //! concurrency in flight. Memory is bounded by that concurrency, never by the
 //! file's size.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::task::JoinSet;
+use futures::future::Either;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
 use super::endpoint::Endpoint;
-use super::lines::LineReader;
+use super::input::{InputError, input_reader, recover_custom_id};
 use super::output_line;
 use super::record::BatchRecord;
 use super::request_line::parse_line;
@@ -37,6 +39,10 @@ pub enum RunEnd {
     /// turns across projects): dispatch stopped, in-flight lines finished
     /// and were stored; run again to queue for the next turn.
     Yielded,
+    /// The input file can no longer be read as it was validated (its bytes
+    /// are gone, a line cannot be split): in-flight lines finished; the batch
+    /// cannot go on.
+    InputUnreadable(String),
 }
 
 /// The moment `expires_at` (Unix seconds) arrives, on tokio's clock.
@@ -57,11 +63,6 @@ pub async fn run(
         .ok_or_else(|| Error::internal(anyhow::anyhow!("batch {} has unknown endpoint", batch.id)))?;
     let model = batch.model.clone().unwrap_or_default();
     let backend = rt.models.get(&model);
-    // Lines with a result survive restarts; only the rest is sent (again).
-    let finished = rt.store.finished_lines(&batch.id).await?;
-    let mut finished = finished.into_iter().peekable();
-    let mut reader = input_reader(rt, batch).await?;
-    let mut in_flight = JoinSet::new();
     let batch_id: Arc<str> = Arc::from(batch.id.as_str());
     let deadline = tokio::time::sleep_until(deadline_of(batch.expires_at));
     tokio::pin!(deadline);
@@ -90,6 +91,20 @@ pub async fn run(
         }
     };
 
+    // Only now, with the turn granted, is the input opened: thousands of
+    // queued batches hold no file descriptors (and no read buffers).
+    // Lines with a result survive restarts; only the rest is sent (again).
+    let finished = rt.store.finished_lines(&batch.id).await?;
+    let mut finished = finished.into_iter().peekable();
+    let mut reader = match input_reader(rt, batch).await {
+        Ok(reader) => reader,
+        Err(InputError::Unreadable(reason)) => return Ok(RunEnd::InputUnreadable(reason)),
+        Err(InputError::Failed(e)) => return Err(e),
+    };
+    let mut in_flight = LineTasks::default();
+    // An error that may heal, returned once the in-flight lines are stored.
+    let mut failed: Option<Error> = None;
+
     // Lines sent in this turn: a turn yields only after one, so every turn
     // makes progress.
     let mut dispatched: u64 = 0;
@@ -104,7 +119,14 @@ pub async fn run(
         if let Some(reason) = lease.as_ref().and_then(Lease::failure) {
             break RunEnd::ModelFailed(reason);
         }
-        let line = line.map_err(Error::internal)?;
+        let line = match line.map_err(InputError::from) {
+            Ok(line) => line,
+            Err(InputError::Unreadable(reason)) => break RunEnd::InputUnreadable(reason),
+            Err(InputError::Failed(e)) => {
+                failed = Some(e);
+                break RunEnd::Stopped;
+            }
+        };
         while finished.next_if(|&n| n < line.number).is_some() {}
         if finished.next_if_eq(&line.number).is_some() {
             continue;
@@ -114,11 +136,18 @@ pub async fn run(
             break RunEnd::Yielded;
         }
         // The file was validated and files are immutable, so this only fails
-        // if the stored bytes were tampered with.
+        // if the stored bytes were tampered with. The line still gets its one
+        // result, so every line of the input is accounted for.
         let (custom_id, body) = match parse_line(&line.bytes, endpoint) {
             Ok(request) => (request.custom_id, slice_of(&line.bytes, request.body.get())),
             Err(problem) => {
                 tracing::warn!(batch_id = %batch_id, line = line.number, code = problem.code, "stored input line no longer parses");
+                let rendered = output_line::error_line(
+                    &recover_custom_id(&line.bytes),
+                    "internal_error",
+                    "This request could not be read again from the stored input file, so it was not executed.",
+                );
+                rt.writer.submit(result(&batch_id, line.number, rendered)).await;
                 continue;
             }
         };
@@ -137,14 +166,25 @@ pub async fn run(
             _ = &mut deadline => break RunEnd::Expired,
             permit = backend.acquire() => permit,
         };
-        while in_flight.try_join_next().is_some() {}
+        in_flight.reap(rt, &batch_id).await;
         dispatched += 1;
         let writer = rt.writer.clone();
         let batch_id = batch_id.clone();
         let (manager, model) = (rt.manager.clone(), model.clone());
-        in_flight.spawn(async move {
-            let outcome = send_surviving_crashes(&backend, &manager, &model, endpoint.backend_path(), body).await;
-            let rendered = output_line::from_outcome(&custom_id, &outcome);
+        let task_custom_id = custom_id.clone();
+        in_flight.spawn(line.number, custom_id, async move {
+            let custom_id = task_custom_id;
+            if super::failpoint::arg("line_task_panic").is_some_and(|id| id == custom_id) {
+                panic!("failpoint line_task_panic");
+            }
+            let rendered = match send_surviving_crashes(&backend, &manager, &model, endpoint.backend_path(), body).await {
+                Sent::Answered(outcome) => output_line::from_outcome(&custom_id, &outcome),
+                Sent::CrashedModel => output_line::error_line(
+                    &custom_id,
+                    "model_crashed",
+                    "The model server crashed twice while running this request, the second time with no other request in flight, so it was not sent again.",
+                ),
+            };
             count(&model, &rendered);
             writer.submit(result(&batch_id, line.number, rendered)).await;
             // The slot is held until the result is queued for the writer, so
@@ -159,15 +199,14 @@ pub async fn run(
     let mut end = end;
     loop {
         tokio::select! {
-            next = in_flight.join_next() => if next.is_none() { break },
+            more = in_flight.join_one(rt, &batch_id) => if !more { break },
             _ = shutdown.cancelled() => {
                 // Shutting down: in-flight lines get `shutdown_grace` to finish.
                 // Lines cut off have no result, so the next start sends them again.
-                let drain = async { while in_flight.join_next().await.is_some() {} };
+                let drain = async { while in_flight.join_one(rt, &batch_id).await {} };
                 if tokio::time::timeout(rt.shutdown_grace, drain).await.is_err() {
                     tracing::warn!(batch_id = %batch_id, lines = in_flight.len(), "shutdown grace over; in-flight lines will be re-sent after restart");
-                    in_flight.abort_all();
-                    while in_flight.join_next().await.is_some() {}
+                    in_flight.abort_all().await;
                     end = RunEnd::Stopped;
                 }
                 break;
@@ -176,43 +215,129 @@ pub async fn run(
     }
     rt.writer.flush().await;
     drop(lease);
-    Ok(end)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(end),
+    }
+}
+
+/// The in-flight line tasks, with the line and custom_id each runs, so a task
+/// that panics still gets its line a result (`internal_error`).
+#[derive(Default)]
+struct LineTasks {
+    set: JoinSet<()>,
+    lines: HashMap<tokio::task::Id, (u64, String)>,
+}
+
+impl LineTasks {
+    fn spawn(&mut self, line: u64, custom_id: String, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.lines.insert(handle.id(), (line, custom_id));
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Collects the tasks that already ended, without waiting.
+    async fn reap(&mut self, rt: &Runtime, batch_id: &str) {
+        while let Some(joined) = self.set.try_join_next_with_id() {
+            self.ended(rt, batch_id, joined).await;
+        }
+    }
+
+    /// Waits for one task to end; false when none is left.
+    async fn join_one(&mut self, rt: &Runtime, batch_id: &str) -> bool {
+        match self.set.join_next_with_id().await {
+            Some(joined) => {
+                self.ended(rt, batch_id, joined).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Aborts every task: their lines have no result and are sent again later.
+    async fn abort_all(&mut self) {
+        self.set.abort_all();
+        while self.set.join_next().await.is_some() {}
+        self.lines.clear();
+    }
+
+    async fn ended(&mut self, rt: &Runtime, batch_id: &str, joined: Result<(tokio::task::Id, ()), JoinError>) {
+        let (id, panicked) = match &joined {
+            Ok((id, ())) => (*id, false),
+            Err(e) => (e.id(), e.is_panic()),
+        };
+        let Some((line, custom_id)) = self.lines.remove(&id) else {
+            return;
+        };
+        if panicked {
+            tracing::error!(
+                batch_id,
+                line,
+                "a line task panicked; recording an internal error for the line"
+            );
+            let rendered = output_line::error_line(
+                &custom_id,
+                "internal_error",
+                "batchd failed internally while running this request.",
+            );
+            rt.writer.submit(result(batch_id, line, rendered)).await;
+        }
+    }
+}
+
+/// What sending a line came to.
+enum Sent {
+    Answered(Outcome),
+    /// The line is the likely cause of the model server's crashes: it was in
+    /// flight when the server died, and again when it was the only request in
+    /// flight. It is not sent again.
+    CrashedModel,
 }
 
 /// Sends one line. If the model's server died meanwhile, waits for the
 /// manager to restart it and sends again: the line is retried, not lost, and
-/// its result is still stored once.
+/// its result is still stored once. After one such crash the line is sent
+/// alone (no other line of the model in flight), so a second crash is
+/// known to be its own and fails only this line.
 async fn send_surviving_crashes(
     backend: &Backend,
     manager: &ModelManager,
     model: &str,
     path: &str,
     body: Bytes,
-) -> Outcome {
+) -> Sent {
+    let gate = manager.line_gate(model);
+    let mut crashes = 0;
     loop {
-        let generation = manager.generation(model);
+        let alone = crashes > 0;
+        let guard = match &gate {
+            None => None,
+            Some(gate) if alone => Some(Either::Left(gate.clone().write_owned().await)),
+            Some(gate) => Some(Either::Right(gate.clone().read_owned().await)),
+        };
+        let generation = match alone {
+            true => manager
+                .until_up(model)
+                .await
+                .unwrap_or_else(|| manager.generation(model)),
+            false => manager.generation(model),
+        };
         let outcome = backend.send(path, body.clone()).await;
+        // The gate is held until the restart is done: the next line sent
+        // alone must not find the dead server (and be blamed for it).
         if !matches!(outcome, Outcome::Unreachable { .. }) || manager.recover(model, generation).await.is_err() {
-            return outcome;
+            return Sent::Answered(outcome);
+        }
+        drop(guard);
+        crashes += 1;
+        if alone {
+            manager.forgive_crashes(model, crashes);
+            return Sent::CrashedModel;
         }
     }
-}
-
-/// Opens the batch's input file as a line reader.
-pub(super) async fn input_reader(rt: &Runtime, batch: &BatchRecord) -> Result<LineReader> {
-    let file = rt
-        .store
-        .get_file_even_deleted(&batch.project_id, &batch.input_file_id)
-        .await?
-        .ok_or_else(|| {
-            Error::internal(anyhow::anyhow!(
-                "input file {} of batch {} is gone",
-                batch.input_file_id,
-                batch.id
-            ))
-        })?;
-    let stream = rt.blobs.get_stream(&file.storage_key).await.map_err(Error::internal)?;
-    Ok(LineReader::new(stream, rt.limits.max_line_bytes))
 }
 
 /// The body is sent as the user wrote it: a zero-copy slice of the line.

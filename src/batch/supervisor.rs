@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,12 +25,15 @@ pub struct Supervisor {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     poll_interval: Duration,
+    /// Bounds the batches validating at once (`limits.max_concurrent_validations`).
+    validations: Arc<Semaphore>,
 }
 
 impl Supervisor {
     /// Starts the scan loop; its handle goes to the server's task owner, which
     /// stops the server if the loop ever ends on its own.
     pub fn start(rt: Runtime, poll_interval: Duration) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let rt_limits = rt.limits.clone();
         let supervisor = Arc::new(Self {
             rt,
             running: Mutex::new(HashMap::new()),
@@ -39,6 +42,7 @@ impl Supervisor {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             poll_interval,
+            validations: Arc::new(Semaphore::new(validation_slots(&rt_limits))),
         });
         let this = supervisor.clone();
         let scan_loop = supervisor.tasks.spawn(async move { this.scan_loop().await });
@@ -99,7 +103,17 @@ impl Supervisor {
             }
             let this = self.clone();
             self.tasks.spawn(async move {
-                match drive(&this.rt, &batch.id, &signals).await {
+                // The worker runs as its own task so that a panic in it is
+                // caught here: the batch is retried like any failed worker and
+                // its `running` entry is always removed.
+                let worker = {
+                    let (this, id) = (this.clone(), batch.id.clone());
+                    tokio::spawn(async move { drive(&this.rt, &id, &signals, &this.validations).await })
+                };
+                let outcome = worker.await.unwrap_or_else(|e| {
+                    Err(crate::error::Error::internal(anyhow::anyhow!("the batch worker panicked: {e}")))
+                });
+                match outcome {
                     Ok(()) => {
                         this.backoff.lock().expect("lock").remove(&batch.id);
                     }
@@ -116,5 +130,13 @@ impl Supervisor {
             });
         }
         Ok(())
+    }
+}
+
+/// Validation slots: `limits.max_concurrent_validations`, or one per CPU when 0.
+fn validation_slots(limits: &crate::config::LimitsConfig) -> usize {
+    match limits.max_concurrent_validations {
+        0 => std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        n => n,
     }
 }

@@ -2,11 +2,13 @@
 //! step re-reads the batch, so a cancel that lands between steps, or a restart
 //! in the middle of one, is picked up where it left off.
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
 use super::endpoint::Endpoint;
 use super::finalize::finalize;
+use super::input::unreadable_error;
 use super::record::{BatchError, BatchRecord};
 use super::runner::{RunEnd, run};
 use super::status::BatchStatus;
@@ -24,7 +26,9 @@ pub struct Signals {
     pub shutdown: CancellationToken,
 }
 
-pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals) -> Result<()> {
+/// `validations` bounds how many batches validate at once (each reads its
+/// whole input, holding one line in memory).
+pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals, validations: &Semaphore) -> Result<()> {
     // One token that fires for either reason; which one is told by the batch's
     // status (cancelling) or by `shutdown`.
     let stop = CancellationToken::new();
@@ -48,40 +52,8 @@ pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals) -> Result<()
             return Ok(());
         };
         match batch.status {
-            BatchStatus::Validating => run_validation(rt, &batch, &stop).await?,
-            BatchStatus::InProgress if batch.expires_at.is_some_and(|at| at <= ids::now()) => {
-                // Found past its window (for example after a restart).
-                finalize(rt, &batch, BatchStatus::InProgress, BatchStatus::Expired).await?;
-            }
-            BatchStatus::InProgress => match run(rt, &batch, &stop, &signals.shutdown).await? {
-                RunEnd::AllDone => {
-                    rt.store
-                        .transition(&batch.id, BatchStatus::Finalizing, ids::now())
-                        .await?;
-                }
-                RunEnd::Expired => {
-                    finalize(rt, &batch, BatchStatus::InProgress, BatchStatus::Expired).await?;
-                }
-                RunEnd::ModelFailed(reason) => {
-                    tracing::error!(batch_id = %batch.id, error = %reason, "the batch's model server failed; failing the batch");
-                    let error = BatchError::new(
-                        "model_unavailable",
-                        format!(
-                            "The model server for '{}' could not be started or kept running: {reason}",
-                            batch.model.as_deref().unwrap_or_default()
-                        ),
-                        None,
-                        None,
-                    );
-                    rt.store.set_errors(&batch.id, &[error]).await?;
-                    finalize(rt, &batch, BatchStatus::InProgress, BatchStatus::Failed).await?;
-                }
-                RunEnd::Stopped if signals.shutdown.is_cancelled() => return Ok(()),
-                // Stopped by cancel: the next turn sees `cancelling`.
-                RunEnd::Stopped => {}
-                // Gave its model turn to another batch: queue for the next one.
-                RunEnd::Yielded => {}
-            },
+            BatchStatus::Validating => run_validation(rt, &batch, &stop, validations).await?,
+            BatchStatus::InProgress => run_in_progress(rt, &batch, &stop, &signals.shutdown).await?,
             BatchStatus::Finalizing => {
                 finalize(rt, &batch, BatchStatus::Finalizing, BatchStatus::Completed).await?;
             }
@@ -94,7 +66,84 @@ pub async fn drive(rt: &Runtime, batch_id: &str, signals: &Signals) -> Result<()
     }
 }
 
-async fn run_validation(rt: &Runtime, batch: &BatchRecord, stop: &CancellationToken) -> Result<()> {
+/// One step of an `in_progress` batch. A stored failure decision is resumed
+/// before anything else, so a batch that was failing when the process died
+/// ends `failed` even if its model would start now.
+async fn run_in_progress(
+    rt: &Runtime,
+    batch: &BatchRecord,
+    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    if rt.store.batch_intents(&batch.id).await?.failing.is_some() {
+        finalize(rt, batch, BatchStatus::InProgress, BatchStatus::Failed).await?;
+        return Ok(());
+    }
+    if batch.expires_at.is_some_and(|at| at <= ids::now()) {
+        // Found past its window (for example after a restart).
+        finalize(rt, batch, BatchStatus::InProgress, BatchStatus::Expired).await?;
+        return Ok(());
+    }
+    match run(rt, batch, stop, shutdown).await? {
+        RunEnd::AllDone => {
+            // Every line must have its one result before the batch may be
+            // called done; if one has none (a bug), the next run sends it.
+            let counts = rt
+                .store
+                .get_batch_any_project(&batch.id)
+                .await?
+                .map(|b| b.request_counts)
+                .unwrap_or_default();
+            if counts.completed + counts.failed < counts.total {
+                return Err(crate::error::Error::internal(anyhow::anyhow!(
+                    "batch {} ran every line but has results for {} of {}",
+                    batch.id,
+                    counts.completed + counts.failed,
+                    counts.total
+                )));
+            }
+            rt.store
+                .transition(&batch.id, BatchStatus::Finalizing, ids::now())
+                .await?;
+        }
+        RunEnd::Expired => {
+            finalize(rt, batch, BatchStatus::InProgress, BatchStatus::Expired).await?;
+        }
+        RunEnd::ModelFailed(reason) => {
+            tracing::error!(batch_id = %batch.id, error = %reason, "the batch's model server failed; failing the batch");
+            let error = BatchError::new(
+                "model_unavailable",
+                format!(
+                    "The model server for '{}' could not be started or kept running: {reason}",
+                    batch.model.as_deref().unwrap_or_default()
+                ),
+                None,
+                None,
+            );
+            // The decision is stored first; the next step (now, or after a
+            // crash) finalizes the batch as failed.
+            rt.store.mark_failing(&batch.id, &[error]).await?;
+            super::failpoint::abort_if_set("failure_recorded");
+        }
+        RunEnd::InputUnreadable(reason) => {
+            tracing::error!(batch_id = %batch.id, error = %reason, "the batch's input can no longer be read; failing the batch");
+            rt.store.mark_failing(&batch.id, &[unreadable_error(&reason)]).await?;
+        }
+        // Stopped by cancel: the next step sees `cancelling`; by shutdown:
+        // `drive` returns.
+        RunEnd::Stopped => {}
+        // Gave its model turn to another batch: queue for the next one.
+        RunEnd::Yielded => {}
+    }
+    Ok(())
+}
+
+async fn run_validation(
+    rt: &Runtime,
+    batch: &BatchRecord,
+    stop: &CancellationToken,
+    validations: &Semaphore,
+) -> Result<()> {
     let now = ids::now;
     let fail = |errors: Vec<BatchError>| async move {
         tracing::info!(batch_id = %batch.id, problems = errors.len(), "batch failed validation");
@@ -121,6 +170,12 @@ async fn run_validation(rt: &Runtime, batch: &BatchRecord, stop: &CancellationTo
         )])
         .await;
     };
+    // Waiting for a validation slot holds nothing: the file is opened after.
+    let _slot = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return Ok(()),
+        slot = validations.acquire() => slot.map_err(crate::error::Error::internal)?,
+    };
     let stream = rt
         .blobs
         .get_stream(&file.storage_key)
@@ -136,6 +191,7 @@ async fn run_validation(rt: &Runtime, batch: &BatchRecord, stop: &CancellationTo
     match verdict.map_err(crate::error::Error::internal)? {
         Verdict::Invalid(errors) => fail(errors).await,
         Verdict::Valid { model, total } => {
+            rt.store.set_line_limit(&batch.id, rt.limits.max_line_bytes).await?;
             let limit = rt.limits.max_enqueued_lines_per_project;
             match rt
                 .store

@@ -35,6 +35,10 @@ struct Args {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Exit at once on a request whose prompt holds `[crash_server]`, like a
+    /// model server that a poison request crashes.
+    #[arg(long)]
+    exit_on_crash_marker: bool,
 }
 
 #[tokio::main]
@@ -55,6 +59,7 @@ async fn main() -> std::io::Result<()> {
         }),
         timeline: args.timeline.clone(),
         tls,
+        exit_on_crash_marker: args.exit_on_crash_marker,
     };
     let backend = FakeBackend::start_with(args.listen, options).await?;
     timeline_event(args.timeline.as_deref(), "listening");

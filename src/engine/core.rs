@@ -296,7 +296,8 @@ fn accept<'m>(
         Job::Generate(job) => waiting.push_back(job),
         // Embeddings run at once, on their own context, between steps.
         Job::Embed(job) => {
-            let result = embed(model, backend, embed_ctx, shape, &job.inputs);
+            let abandoned = || job.reply.is_closed();
+            let result = embed(model, backend, embed_ctx, shape, &job.inputs, abandoned);
             let _ = job.reply.send(result);
         }
     }
@@ -319,6 +320,7 @@ fn embed<'m>(
     embed_ctx: &mut Option<LlamaContext<'m>>,
     shape: &EngineShape,
     inputs: &[Vec<LlamaToken>],
+    abandoned: impl Fn() -> bool,
 ) -> Result<Vec<Vec<f32>>, String> {
     if embed_ctx.is_none() {
         let params = LlamaContextParams::default()
@@ -336,6 +338,11 @@ fn embed<'m>(
     let mut out = Vec::with_capacity(inputs.len());
     let mut batch = LlamaBatch::new(shape.ctx_per_seq as usize, 1);
     for tokens in inputs {
+        // The requester gave up (timed out, batchd stopped): the engine
+        // thread goes back to generation instead of finishing a dead job.
+        if abandoned() {
+            return Err("the request was abandoned".into());
+        }
         batch.clear();
         for (pos, token) in tokens.iter().enumerate() {
             batch.add(*token, pos as i32, &[0], true).map_err(|e| e.to_string())?;

@@ -231,3 +231,31 @@ pub fn prompts(v: &Value, param: &str) -> Result<Vec<Prompt>, ApiError> {
         )),
     }
 }
+
+/// Most inputs in one embeddings request, as OpenAI.
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+/// Most tokens summed over one embeddings request's inputs, as OpenAI.
+pub const MAX_EMBEDDING_TOKENS: usize = 300_000;
+
+/// Embeddings run on the engine thread between generation steps, so one
+/// request with a huge input list would stall every other request.
+pub fn check_embedding_inputs(count: usize) -> Result<(), ApiError> {
+    if count > MAX_EMBEDDING_INPUTS {
+        return Err(bad(
+            format!("'input' has {count} items; the maximum is {MAX_EMBEDDING_INPUTS}."),
+            "input",
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_embedding_tokens(tokens: usize) -> Result<(), ApiError> {
+    if tokens > MAX_EMBEDDING_TOKENS {
+        return Err(ApiError::bad_request(
+            format!("The inputs have {tokens} tokens in total; the maximum per request is {MAX_EMBEDDING_TOKENS}."),
+            Some("input"),
+            Some("max_tokens_per_request"),
+        ));
+    }
+    Ok(())
+}

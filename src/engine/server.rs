@@ -42,6 +42,11 @@ pub fn router(state: EngineState) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state)
         .layer(axum::middleware::from_fn(crate::api::envelope::openai_errors))
+        // axum's 2 MB default is below batchd's `max_line_bytes`: a line that
+        // passed validation must not fail here with 413.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::config::ENGINE_MAX_REQUEST_BYTES as usize,
+        ))
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -223,6 +228,7 @@ async fn embeddings(State(s): State<EngineState>, body: Bytes) -> Result<Respons
         .and_then(|v| v.get("model").cloned());
     s.check_model(&model)?;
     let inputs = requests::prompts(&request.input, "input")?;
+    requests::check_embedding_inputs(inputs.len())?;
     let mut tokenized = Vec::new();
     for input in &inputs {
         let tokens = s.tokenize(input, true, "input")?;
@@ -240,6 +246,7 @@ async fn embeddings(State(s): State<EngineState>, body: Bytes) -> Result<Respons
         tokenized.push(tokens);
     }
     let prompt_tokens: usize = tokenized.iter().map(Vec::len).sum();
+    requests::check_embedding_tokens(prompt_tokens)?;
     let (reply, wait) = oneshot::channel();
     s.jobs
         .send(Job::Embed(EmbedJob {

@@ -15,6 +15,10 @@ use super::process::{LaunchSpec, ServerProcess};
 use crate::backends::ModelRegistry;
 use crate::config::{ModelConfig, SchedulerConfig};
 
+/// How long `recover` waits for a model server whose connections broke to
+/// show that it exited.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
 /// What a batch says about itself when it asks for a turn.
 pub struct TurnRequest {
     pub batch_id: String,
@@ -65,6 +69,9 @@ struct Inner {
     /// Wakes everyone waiting for a model's state to change.
     changed: Notify,
     stop: CancellationToken,
+    /// Per managed model: lines in flight hold it shared; a line that was in
+    /// flight when the server crashed is sent again holding it exclusively.
+    line_gates: HashMap<String, Arc<tokio::sync::RwLock<()>>>,
 }
 
 #[derive(Default)]
@@ -174,6 +181,11 @@ impl ModelManager {
             wake_loop: Notify::new(),
             changed: Notify::new(),
             stop: CancellationToken::new(),
+            line_gates: models
+                .iter()
+                .filter(|m| m.is_managed())
+                .map(|m| (m.name.clone(), Arc::default()))
+                .collect(),
         });
         // The handle goes to the server's task owner, which stops the server
         // if the loop ever ends while it runs.
@@ -210,11 +222,14 @@ impl ModelManager {
             return Err("not a managed model".into());
         }
         let failures_before = self.inner.lock().models[model].failures;
+        // A server that just died may not have been reaped yet when its
+        // connections break: it gets a moment to show its exit.
+        let mut exit_grace_used = false;
         loop {
             let changed = self.inner.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            {
+            let exit_to_await = {
                 let mut state = self.inner.lock();
                 let slot = state.models.get_mut(model).expect("known model");
                 if slot.failures > failures_before {
@@ -223,25 +238,90 @@ impl ModelManager {
                 match slot.phase {
                     Phase::Loaded if slot.generation > generation_seen => return Ok(()),
                     Phase::Loaded if slot.process.as_ref().is_some_and(ServerProcess::is_running) => {
-                        return Err("the model server is running".into());
+                        match slot.process.as_ref() {
+                            Some(process) if !exit_grace_used => Some(process.exit_watch()),
+                            _ => return Err("the model server is running".into()),
+                        }
                     }
                     Phase::Loaded => {
                         tracing::warn!(model, "model server died with work in flight; restarting it");
                         slot.phase = Phase::Crashed;
                         drop(state);
                         self.inner.bump();
+                        None
                     }
-                    Phase::Unloaded | Phase::Sleeping if slot.running == 0 => {
-                        return Err("the model is not loaded".into());
+                    // With batches holding leases, a model is unloaded only
+                    // by a failed start (perhaps before this line's send
+                    // ended): waiting would never end.
+                    Phase::Unloaded | Phase::Sleeping => {
+                        return Err(slot
+                            .last_error
+                            .clone()
+                            .unwrap_or_else(|| "the model is not loaded".into()));
                     }
-                    _ => {}
+                    _ => None,
                 }
+            };
+            if let Some(mut exited) = exit_to_await {
+                exit_grace_used = true;
+                let _ = tokio::time::timeout(EXIT_GRACE, exited.wait_for(Option::is_some)).await;
+                continue;
             }
             tokio::select! {
                 _ = changed => {},
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {},
                 _ = self.inner.stop.cancelled() => return Err("batchd is shutting down".into()),
             }
+        }
+    }
+
+    /// The gate a line of a managed `model` passes while in flight (shared),
+    /// or alone (exclusive) after it was in flight when the server crashed:
+    /// if the server then dies again, the line is the cause. `None` for a
+    /// model batchd does not run.
+    pub fn line_gate(&self, model: &str) -> Option<Arc<tokio::sync::RwLock<()>>> {
+        self.inner.line_gates.get(model).cloned()
+    }
+
+    /// Waits until `model`'s server is up (loaded, its process running) and
+    /// returns its generation; `None` if it failed or batchd is stopping. A
+    /// line sent alone to find out whether it crashes the server must not be
+    /// blamed for a server that was still down when it was sent.
+    pub async fn until_up(&self, model: &str) -> Option<u64> {
+        let failures_before = self.inner.lock().models.get(model)?.failures;
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let state = self.inner.lock();
+                let slot = state.models.get(model)?;
+                if slot.failures > failures_before {
+                    return None;
+                }
+                match slot.phase {
+                    Phase::Loaded if slot.process.as_ref().is_some_and(ServerProcess::is_running) => {
+                        return Some(slot.generation);
+                    }
+                    Phase::Unloaded | Phase::Sleeping => return None,
+                    _ => {}
+                }
+            }
+            tokio::select! {
+                _ = changed => {},
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                _ = self.inner.stop.cancelled() => return None,
+            }
+        }
+    }
+
+    /// The last `crashes` restarts of `model` were caused by one line (which
+    /// is now failed and never sent again): they do not count towards
+    /// `max_restarts`, so a tenant's poison lines cannot use them up and fail
+    /// every batch on the model.
+    pub fn forgive_crashes(&self, model: &str, crashes: u32) {
+        if let Some(slot) = self.inner.lock().models.get_mut(model) {
+            slot.restarts = slot.restarts.saturating_sub(crashes);
         }
     }
 

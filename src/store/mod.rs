@@ -121,6 +121,27 @@ pub trait BatchRepo: Send + Sync {
         now: i64,
         max_enqueued: u64,
     ) -> Result<StartOutcome>;
+    /// What workers stored about a batch before acting on it (see `BatchIntents`).
+    async fn batch_intents(&self, id: &str) -> Result<BatchIntents>;
+    /// Records the `max_line_bytes` the input was validated with.
+    async fn set_line_limit(&self, id: &str, limit: u64) -> Result<()>;
+    /// Persists the decision that an `in_progress` batch ends `failed` with
+    /// these errors (not yet visible as `errors`). False if it was no longer
+    /// `in_progress`.
+    async fn mark_failing(&self, id: &str, errors: &[BatchError]) -> Result<bool>;
+    /// Like `finish` to `failed`, also making the stored failing errors the
+    /// batch's `errors`, in the same transaction.
+    async fn finish_failed(&self, id: &str, from: BatchStatus, files: &[FinishedFile], now: i64) -> Result<bool>;
+}
+
+/// Decisions stored with a batch so that a restart resumes them.
+#[derive(Debug, Clone, Default)]
+pub struct BatchIntents {
+    /// Set once the batch must end `failed`: its future `errors`.
+    pub failing: Option<Vec<BatchError>>,
+    /// The line limit its input was validated with (`None` for batches
+    /// validated before it was recorded).
+    pub line_limit: Option<u64>,
 }
 
 /// What `start_within_enqueued_limit` did.

@@ -9,6 +9,9 @@
 //! - `[response_bytes=N]` (chat): the answer's content is padded with N bytes;
 //! - `[prompt_tokens=N]` (chat): the answer reports N prompt tokens (and
 //!   total tokens), whatever the prompt, like a buggy or hostile server.
+//! - `[crash_server]`: only with `FakeOptions::exit_on_crash_marker` (the
+//!   binary's `--exit-on-crash-marker`): the whole process exits at once, like
+//!   a model server that a request crashes or OOMs.
 //!
 //! With `FakeOptions::gpu` it behaves like a GPU server with continuous
 //! batching: at most `slots` requests generate at once, each for
@@ -64,6 +67,9 @@ pub struct FakeOptions {
     pub timeline: Option<std::path::PathBuf>,
     /// Serve HTTPS with this identity (`tls::server_config_from_pem`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Exit the process on a request whose prompt holds `[crash_server]`
+    /// (never set in-process: it would end the test).
+    pub exit_on_crash_marker: bool,
 }
 
 /// Appends one timestamped event to the timeline file, if there is one.
@@ -83,6 +89,7 @@ struct FakeState {
     delay: Duration,
     gpu: Option<(GpuModel, Arc<tokio::sync::Semaphore>)>,
     timeline: Option<Arc<std::path::PathBuf>>,
+    exit_on_crash_marker: bool,
     stats: Arc<Stats>,
     attempts: Arc<Mutex<HashMap<String, u64>>>,
 }
@@ -117,6 +124,7 @@ impl FakeBackend {
             delay: options.delay,
             gpu: options.gpu.map(|g| (g, Arc::new(tokio::sync::Semaphore::new(g.slots)))),
             timeline: options.timeline.map(Arc::new),
+            exit_on_crash_marker: options.exit_on_crash_marker,
             stats: stats.clone(),
             attempts: Arc::default(),
         };
@@ -273,6 +281,9 @@ fn words(text: &str) -> u64 {
 async fn script(state: &FakeState, text: &str) -> Result<(), Response> {
     timeline_event(state.timeline.as_deref().map(|p| p.as_path()), "request");
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if state.exit_on_crash_marker && text.contains("[crash_server]") {
+        std::process::exit(70);
+    }
     let now = state.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     state.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
     let delay = marker(text, "delay_ms")

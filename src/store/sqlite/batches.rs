@@ -10,7 +10,7 @@ use super::write_tx::WriteTx;
 use crate::batch::record::{BatchError, BatchRecord, RequestCounts, Usage};
 use crate::batch::status::BatchStatus;
 use crate::error::{Error, Result};
-use crate::store::{BatchRepo, CancelOutcome, FinishedFile, Page, ResultFileKind, StartOutcome};
+use crate::store::{BatchIntents, BatchRepo, CancelOutcome, FinishedFile, Page, ResultFileKind, StartOutcome};
 
 fn batch_from_row(row: &SqliteRow) -> Result<BatchRecord> {
     let status: String = column(row, "status")?;
@@ -315,22 +315,7 @@ impl BatchRepo for SqliteStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        for file in files {
-            insert_file(tx.conn(), &file.record).await?;
-            let column = match file.kind {
-                ResultFileKind::Output => "output_file_id",
-                ResultFileKind::Error => "error_file_id",
-            };
-            sqlx::query(AssertSqlSafe(format!("UPDATE batches SET {column} = ? WHERE id = ?")))
-                .bind(&file.record.id)
-                .bind(id)
-                .execute(tx.conn())
-                .await?;
-        }
-        // The files now hold every result: the rows (full model responses)
-        // would otherwise stay forever, even after the files are deleted.
-        delete_results(tx.conn(), id).await?;
-        record_event(tx.conn(), id, to, now).await?;
+        end_with_files(tx.conn(), id, to, files, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -414,6 +399,102 @@ impl BatchRepo for SqliteStore {
             StartOutcome::NotValidating
         })
     }
+    async fn batch_intents(&self, id: &str) -> Result<BatchIntents> {
+        let row: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT failing_errors, line_limit FROM batches WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((failing, line_limit)) = row else {
+            return Ok(BatchIntents::default());
+        };
+        let failing = failing
+            .map(|json| serde_json::from_str::<Vec<BatchError>>(&json))
+            .transpose()
+            .map_err(Error::internal)?;
+        Ok(BatchIntents {
+            failing,
+            line_limit: line_limit.and_then(|l| u64::try_from(l).ok()),
+        })
+    }
+
+    async fn set_line_limit(&self, id: &str, limit: u64) -> Result<()> {
+        sqlx::query("UPDATE batches SET line_limit = ? WHERE id = ?")
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_failing(&self, id: &str, errors: &[BatchError]) -> Result<bool> {
+        let errors = serde_json::to_string(errors).map_err(Error::internal)?;
+        let done = sqlx::query(
+            "UPDATE batches SET failing_errors = COALESCE(failing_errors, ?) WHERE id = ? AND status = 'in_progress'",
+        )
+        .bind(errors)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_failed(&self, id: &str, from: BatchStatus, files: &[FinishedFile], now: i64) -> Result<bool> {
+        let to = BatchStatus::Failed;
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        let sql = format!(
+            "UPDATE batches SET status = ?2{}, errors = COALESCE(failing_errors, errors)
+             WHERE id = ?3 AND status = ?4",
+            stamp_clause(to)
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(to.as_str())
+            .bind(id)
+            .bind(from.as_str())
+            .execute(tx.conn())
+            .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        end_with_files(tx.conn(), id, to, files, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// The rest of a terminal transition, in its transaction: the result files
+/// are registered, the batch's result rows deleted (the files now hold every
+/// result; the rows, full model responses, would otherwise stay forever) and
+/// the webhook event queued.
+async fn end_with_files(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    to: BatchStatus,
+    files: &[FinishedFile],
+    now: i64,
+) -> Result<()> {
+    register_result_files(&mut *conn, id, files).await?;
+    delete_results(&mut *conn, id).await?;
+    record_event(conn, id, to, now).await
+}
+
+/// Inserts the result files' rows and points the batch at them.
+async fn register_result_files(conn: &mut sqlx::SqliteConnection, id: &str, files: &[FinishedFile]) -> Result<()> {
+    for file in files {
+        insert_file(&mut *conn, &file.record).await?;
+        let column = match file.kind {
+            ResultFileKind::Output => "output_file_id",
+            ResultFileKind::Error => "error_file_id",
+        };
+        sqlx::query(AssertSqlSafe(format!("UPDATE batches SET {column} = ? WHERE id = ?")))
+            .bind(&file.record.id)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// `status IN (...)` for the statuses that count as active (see `BatchStatus::ACTIVE`).
