@@ -91,12 +91,9 @@ async fn killed_while_recording_a_model_failure_the_batch_still_ends_failed() {
         .collect();
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
 
-    let (mut server, url) = spawn_batchd_with_env(
-        serve_args(&config),
-        |c| {
-            c.env("BATCHD_FAILPOINT", "unexecuted_rows_partly_written");
-        },
-    );
+    let (mut server, url) = spawn_batchd_with_env(serve_args(&config), |c| {
+        c.env("BATCHD_FAILPOINT", "unexecuted_rows_partly_written");
+    });
     let api = format!("{url}/v1");
     let id = create_batch_at(&http, &api, None, text).await;
     // The start fails, the batch is being failed, and the process dies with

@@ -25,7 +25,8 @@ async fn hundreds_of_queued_batches_hold_no_file_descriptors() {
     let config = common::write_config(
         dir.path(),
         &backend.url(),
-        "[execution]\npoll_interval_ms = 200",
+        // More queued batches than the default per-project active limit (100).
+        "[execution]\npoll_interval_ms = 200\n[limits]\nmax_active_batches_per_project = 1000",
         "max_concurrency = 2",
     );
     let (server, url) = spawn_batchd(["serve".as_ref(), "--config".as_ref(), config.as_os_str()]);

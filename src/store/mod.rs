@@ -91,8 +91,6 @@ pub trait BatchRepo: Send + Sync {
     async fn fail_validation(&self, id: &str, errors: &[BatchError], now: i64) -> Result<bool>;
     /// Records batch-level errors (why a running batch is about to fail).
     async fn set_errors(&self, id: &str, errors: &[BatchError]) -> Result<()>;
-    /// `validating` -> `in_progress`, recording the model and the line count.
-    async fn start(&self, id: &str, model: &str, total: i64, now: i64) -> Result<bool>;
     async fn request_cancel(&self, project_id: &str, id: &str, now: i64) -> Result<CancelOutcome>;
     /// Registers the result files and moves the batch to its terminal status,
     /// in one transaction, so a batch is never terminal without its files.
@@ -110,7 +108,8 @@ pub trait BatchRepo: Send + Sync {
     /// batches (then false); one transaction, so concurrent creates cannot
     /// overshoot the limit.
     async fn insert_batch_within_limit(&self, batch: &BatchRecord, max_active: u64) -> Result<bool>;
-    /// `start`, unless the project's enqueued lines (not yet run, over its
+    /// `validating` -> `in_progress`, recording the model and the line count,
+    /// unless the project's enqueued lines (not yet run, over its
     /// `in_progress` batches) plus `total` would exceed `max_enqueued`. One
     /// transaction, so batches whose validation ends at once cannot overshoot.
     async fn start_within_enqueued_limit(

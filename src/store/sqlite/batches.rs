@@ -248,26 +248,6 @@ impl BatchRepo for SqliteStore {
         Ok(())
     }
 
-    async fn start(&self, id: &str, model: &str, total: i64, now: i64) -> Result<bool> {
-        let to = BatchStatus::InProgress;
-        let sql = format!(
-            "UPDATE batches SET status = ?2{}, model = ?4, total_requests = ?5,
-                    input_tokens = 0, cached_tokens = 0, output_tokens = 0, reasoning_tokens = 0, total_tokens = 0
-             WHERE id = ?3 AND {}",
-            stamp_clause(to),
-            from_clause(to)
-        );
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(now)
-            .bind(to.as_str())
-            .bind(id)
-            .bind(model)
-            .bind(total)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     async fn request_cancel(&self, project_id: &str, id: &str, now: i64) -> Result<CancelOutcome> {
         let to = BatchStatus::Cancelling;
         let sql = format!(

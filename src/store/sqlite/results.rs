@@ -346,7 +346,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
         store.insert_batch(&batch("b1")).await.unwrap();
-        store.start("b1", "m", 2, 1).await.unwrap();
+        store
+            .start_within_enqueued_limit("b1", "m", 2, 1, u64::MAX)
+            .await
+            .unwrap();
         let huge = |line| LineResult {
             usage: Usage {
                 input_tokens: i64::MAX / 2 + 1,
