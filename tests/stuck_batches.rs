@@ -140,6 +140,10 @@ async fn cancel_works_when_the_input_blob_is_missing() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Turns go to the oldest batch first, and `created_at` has one-second
+    // resolution: a second later, the first batch is older for certain, so
+    // it gets the turn again after the restart whichever worker asks first.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let lines = slow_lines("s-", 5, 0);
     let second_file = h.upload_lines(&lines).await;
     let second = h.create_batch(&second_file, "/v1/chat/completions").await["id"]
