@@ -62,6 +62,12 @@ fn blob_path(h: &Harness, file_id: &str) -> std::path::PathBuf {
     path
 }
 
+/// Creates a chat batch on `file` and returns its id.
+async fn chat_batch(h: &Harness, file: &str) -> String {
+    let batch = h.create_batch(file, "/v1/chat/completions").await;
+    batch["id"].as_str().expect("a batch id").to_owned()
+}
+
 /// Lines with one long line (about 2 KB) among slow ones.
 fn lines_with_a_long_one(prefix: &str, n: usize, delay_ms: u64) -> Vec<Value> {
     let mut lines = slow_lines(prefix, n, delay_ms);
@@ -75,10 +81,7 @@ async fn a_lowered_line_limit_does_not_strand_a_running_batch() {
     let mut h = Harness::start().await;
     let lines = lines_with_a_long_one("l-", 24, 400);
     let file = h.upload_lines(&lines).await;
-    let id = h.create_batch(&file, "/v1/chat/completions").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = chat_batch(&h, &file).await;
     h.wait_for(&id, |b| b["status"] == "in_progress").await;
     // The operator lowers the limit below the long line, which was accepted.
     restart_with(&mut h, |h| h.config.limits.max_line_bytes = 1000).await;
@@ -93,10 +96,7 @@ async fn cancel_works_after_the_line_limit_was_lowered() {
     let mut h = Harness::start().await;
     let lines = lines_with_a_long_one("c-", 40, 2000);
     let file = h.upload_lines(&lines).await;
-    let id = h.create_batch(&file, "/v1/chat/completions").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = chat_batch(&h, &file).await;
     h.wait_for(&id, |b| b["status"] == "in_progress").await;
     restart_with(&mut h, |h| h.config.limits.max_line_bytes = 1000).await;
     let (status, body) = h.post(&format!("/batches/{id}/cancel"), Value::Null).await;
@@ -112,10 +112,7 @@ async fn a_missing_input_blob_ends_the_running_batch_failed_with_what_exists() {
     let mut h = Harness::start().await;
     let lines = slow_lines("m-", 40, 1000);
     let file = h.upload_lines(&lines).await;
-    let id = h.create_batch(&file, "/v1/chat/completions").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = chat_batch(&h, &file).await;
     h.wait_for(&id, |b| b["request_counts"]["completed"].as_u64() >= Some(1))
         .await;
     let blob = blob_path(&h, &file);
@@ -136,20 +133,14 @@ async fn cancel_works_when_the_input_blob_is_missing() {
     // The first batch holds the model's turn for a while, so the second one
     // waits for its turn (without reading its input) across the restart.
     let first = h.upload_lines(&slow_lines("f-", 40, 1500)).await;
-    let first = h.create_batch(&first, "/v1/chat/completions").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = chat_batch(&h, &first).await;
     // Turns go to the oldest batch first, and `created_at` has one-second
     // resolution: a second later, the first batch is older for certain, so
     // it gets the turn again after the restart whichever worker asks first.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let lines = slow_lines("s-", 5, 0);
     let second_file = h.upload_lines(&lines).await;
-    let second = h.create_batch(&second_file, "/v1/chat/completions").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let second = chat_batch(&h, &second_file).await;
     h.wait_for(&first, |b| b["status"] == "in_progress").await;
     h.wait_for(&second, |b| b["status"] == "in_progress").await;
     let blob = blob_path(&h, &second_file);
@@ -168,16 +159,10 @@ async fn cancel_works_when_the_input_blob_is_missing() {
 async fn a_stored_line_that_no_longer_parses_gets_an_internal_error_line() {
     let mut h = Harness::start().await;
     let first = h.upload_lines(&slow_lines("f-", 40, 1500)).await;
-    let first = h.create_batch(&first, "/v1/chat/completions").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = chat_batch(&h, &first).await;
     let lines = slow_lines("t-", 5, 0);
     let file = h.upload_lines(&lines).await;
-    let id = h.create_batch(&file, "/v1/chat/completions").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = chat_batch(&h, &file).await;
     h.wait_for(&id, |b| b["status"] == "in_progress").await;
     // Tamper with the stored input while the batch waits for its turn: line 3
     // keeps its custom_id but is no longer a request.

@@ -279,25 +279,7 @@ impl BatchRepo for SqliteStore {
         files: &[FinishedFile],
         now: i64,
     ) -> Result<bool> {
-        let mut tx = WriteTx::begin(&self.pool).await?;
-        let sql = format!(
-            "UPDATE batches SET status = ?2{} WHERE id = ?3 AND status = ?4",
-            stamp_clause(to)
-        );
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(now)
-            .bind(to.as_str())
-            .bind(id)
-            .bind(from.as_str())
-            .execute(tx.conn())
-            .await?;
-        if done.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        end_with_files(tx.conn(), id, to, files, now).await?;
-        tx.commit().await?;
-        Ok(true)
+        finish_with(&self.pool, id, from, to, "", files, now).await
     }
 
     async fn insert_batch_within_limit(&self, b: &BatchRecord, max_active: u64) -> Result<bool> {
@@ -420,28 +402,44 @@ impl BatchRepo for SqliteStore {
     }
 
     async fn finish_failed(&self, id: &str, from: BatchStatus, files: &[FinishedFile], now: i64) -> Result<bool> {
-        let to = BatchStatus::Failed;
-        let mut tx = WriteTx::begin(&self.pool).await?;
-        let sql = format!(
-            "UPDATE batches SET status = ?2{}, errors = COALESCE(failing_errors, errors)
-             WHERE id = ?3 AND status = ?4",
-            stamp_clause(to)
-        );
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(now)
-            .bind(to.as_str())
-            .bind(id)
-            .bind(from.as_str())
-            .execute(tx.conn())
-            .await?;
-        if done.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        end_with_files(tx.conn(), id, to, files, now).await?;
-        tx.commit().await?;
-        Ok(true)
+        // The stored failure intent becomes the batch's `errors` in the same
+        // transaction that makes it `failed`.
+        let errors = ", errors = COALESCE(failing_errors, errors)";
+        finish_with(&self.pool, id, from, BatchStatus::Failed, errors, files, now).await
     }
+}
+
+/// A terminal transition, compare-and-set on `from`, in one transaction with
+/// its files, the deletion of its result rows and its webhook event.
+/// `extra_set` is a constant `, column = expr` list set along with the status.
+async fn finish_with(
+    pool: &sqlx::SqlitePool,
+    id: &str,
+    from: BatchStatus,
+    to: BatchStatus,
+    extra_set: &'static str,
+    files: &[FinishedFile],
+    now: i64,
+) -> Result<bool> {
+    let mut tx = WriteTx::begin(pool).await?;
+    let sql = format!(
+        "UPDATE batches SET status = ?2{}{extra_set} WHERE id = ?3 AND status = ?4",
+        stamp_clause(to)
+    );
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(now)
+        .bind(to.as_str())
+        .bind(id)
+        .bind(from.as_str())
+        .execute(tx.conn())
+        .await?;
+    if done.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    end_with_files(tx.conn(), id, to, files, now).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// The rest of a terminal transition, in its transaction: the result files
