@@ -132,7 +132,7 @@ async fn main() {
         .args(["--parallel", &max_parallel.to_string(), "--ctx-per-seq", "512"])
         .args(["--threads", &args.threads.to_string()]);
     let (mut child, url) = spawn_listening(engine);
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
 
     println!(
         "embedded engine benchmark: {} ({} threads, {} tokens per request, greedy, EOS ignored on both sides)",

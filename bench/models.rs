@@ -96,7 +96,7 @@ impl Batchd {
         Self {
             child,
             api: format!("{url}/v1"),
-            http: reqwest::Client::new(),
+            http: batchd::http_client::client(),
             _dir: dir,
         }
     }

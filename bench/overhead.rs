@@ -94,7 +94,7 @@ async fn main() {
         .env("BATCHD_LOG", "warn");
     let (mut server, server_url) = spawn_listening(server_cmd);
     let api = format!("{server_url}/v1");
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
 
     // Baseline: the loopback round trip, same request bodies and concurrency.
     let baseline_n = args.lines.min(20_000);

@@ -45,11 +45,20 @@ static TLS: LazyLock<Tls> = LazyLock::new(load_tls);
 
 /// A client builder with batchd's TLS roots and no proxy. Callers add their
 /// timeouts (and the webhook client its address pin and redirect policy).
+#[allow(clippy::disallowed_methods)] // the one place that may start from reqwest's own builder
 pub fn builder() -> reqwest::ClientBuilder {
     install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .tls_backend_preconfigured(TLS.config.clone())
+}
+
+/// A client with batchd's TLS roots, no proxy and no timeouts: what tests,
+/// benchmarks and the CLI use to talk to a batchd. `reqwest::Client::new()`
+/// would panic unless some code installed a default rustls provider first
+/// (clippy.toml forbids it for that reason).
+pub fn client() -> reqwest::Client {
+    builder().build().expect("a client with batchd's TLS settings builds")
 }
 
 /// Fails when `SSL_CERT_FILE` is set but names no readable PEM bundle with

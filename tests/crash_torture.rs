@@ -79,7 +79,7 @@ async fn torture(how: Stop) {
         &format!("[limits]\nmax_batch_lines = {LINES}\n[execution]\npoll_interval_ms = 50"),
         &format!("max_concurrency = {CONCURRENCY}"),
     );
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let (mut server, mut api) = start(&config);
 
     let id = create_batch(&http, &api, "id-", LINES).await;
@@ -242,7 +242,7 @@ async fn sigkill_aimed_at_validating_cancelling_and_finalizing_loses_and_duplica
          [execution]\npoll_interval_ms = 50",
         "max_concurrency = 64",
     );
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let (mut server, mut api) = start(&config);
     let mut landed: std::collections::BTreeMap<&str, usize> = Default::default();
     let mut kills = 0;
@@ -330,7 +330,7 @@ async fn sigkill_while_finalizing_still_yields_exactly_once_files_and_no_stored_
          [execution]\npoll_interval_ms = 50",
         "max_concurrency = 64",
     );
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let (mut server, mut api) = start(&config);
     let lines = 20_000;
     let mut batches = vec![];

@@ -35,7 +35,7 @@ fn start_engine() -> Engine {
     Engine {
         _child: child,
         url,
-        http: reqwest::Client::new(),
+        http: batchd::http_client::client(),
         _dir: dir,
     }
 }

@@ -85,7 +85,7 @@ async fn killed_while_recording_a_model_failure_the_batch_still_ends_failed() {
         ),
     )
     .unwrap();
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let lines: Vec<Value> = (0..50)
         .map(|i| chat_line(&format!("r-{i}"), "fake-model", &format!("q{i}")))
         .collect();
@@ -133,7 +133,7 @@ async fn a_line_task_that_panics_still_gets_an_internal_error_line() {
         c.env("BATCHD_FAILPOINT", "line_task_panic=p-3");
     });
     let api = format!("{url}/v1");
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let text: String = (0..6)
         .map(|i| format!("{}\n", chat_line(&format!("p-{i}"), "fake-model", "hi")))
         .collect();

@@ -56,7 +56,10 @@ async fn slowloris_clients_cannot_exhaust_descriptors_and_are_cut_off_after_the_
     let pid = server.id();
     // No pooled keep-alive connection: it would hold one of the 8 slots (and
     // one descriptor) while the baseline is taken.
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let http = batchd::http_client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     assert_eq!(http.get(format!("{url}/health")).send().await.unwrap().status(), 200);
     // The fewest descriptors over a moment: the health check's connection
     // (and any other transient one) may take a little while to close.

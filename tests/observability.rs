@@ -113,7 +113,7 @@ async fn logs_never_contain_prompts_responses_or_keys() {
         .read_line(&mut line)
         .unwrap();
     let api = format!("{}/v1", line.trim().rsplit(' ').next().unwrap());
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
 
     const PROMPT: &str = "PROMPT-7f3a-never-log-me";
     let text = format!(

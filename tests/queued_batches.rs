@@ -31,7 +31,7 @@ async fn hundreds_of_queued_batches_hold_no_file_descriptors() {
     );
     let (server, url) = spawn_batchd(["serve".as_ref(), "--config".as_ref(), config.as_os_str()]);
     let api = format!("{url}/v1");
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
 
     // The first batch holds the model's turn: its lines take a minute and
     // only two run at once, so it never finishes dispatching during the test.

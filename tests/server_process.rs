@@ -107,7 +107,7 @@ async fn sigterm_stops_dispatch_at_once_while_a_slow_download_still_completes() 
     );
     let (server, url) = common::spawn_batchd(["serve", "--config", config.to_str().unwrap()]);
     let api = format!("{url}/v1");
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let big = upload_big_file(&http, &api).await;
     let lines: String = (0..300)
         .map(|i| {
@@ -165,7 +165,7 @@ async fn a_download_that_never_finishes_does_not_hold_the_shutdown_past_its_dead
     );
     let (server, url) = common::spawn_batchd(["serve", "--config", config.to_str().unwrap()]);
     let api = format!("{url}/v1");
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let big = upload_big_file(&http, &api).await;
     let download = http.get(format!("{api}/files/{big}/content")).send().await.unwrap();
     let mut body = download.bytes_stream();

@@ -179,7 +179,7 @@ async fn an_https_backend_of_a_private_ca_in_ssl_cert_file_answers_every_line() 
     let (_server, api) = serve(&config, |c| {
         c.env("SSL_CERT_FILE", &pki.ca_pem);
     });
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let id = create_batch_at(&http, &api, None, lines(5)).await;
     let batch = wait_terminal_at(&http, &api, &id).await;
     assert_eq!(batch["status"], "completed", "{batch}");
@@ -202,7 +202,7 @@ async fn without_the_private_ca_lines_fail_with_a_certificate_error_and_the_serv
     let (_server, api) = serve(&config, |c| {
         c.env_remove("SSL_CERT_FILE");
     });
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let id = create_batch_at(&http, &api, None, lines(3)).await;
     let batch = wait_terminal_at(&http, &api, &id).await;
     assert_eq!(batch["request_counts"]["failed"], 3, "{batch}");
@@ -235,7 +235,7 @@ async fn a_webhook_is_delivered_over_https_with_a_valid_signature() {
     let (_server, api) = serve(&config, |c| {
         c.env("SSL_CERT_FILE", &pki.ca_pem);
     });
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let id = create_batch_at(&http, &api, None, lines(1)).await;
     assert_eq!(wait_terminal_at(&http, &api, &id).await["status"], "completed");
     let got = wait_received(&received, 1).await;
@@ -280,7 +280,7 @@ async fn a_dead_proxy_in_the_environment_breaks_neither_backends_nor_webhooks() 
             c.env(var, &dead_proxy);
         }
     });
-    let http = reqwest::Client::new();
+    let http = batchd::http_client::client();
     let remote_batch = create_batch_at(&http, &api, None, lines(2)).await;
     let managed_lines = format!("{}\n", chat_line("m", "managed", "hi"));
     let managed_batch = create_batch_at(&http, &api, None, managed_lines).await;

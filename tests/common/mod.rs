@@ -64,7 +64,7 @@ impl Harness {
             server: Some(server),
             backend,
             base,
-            http: reqwest::Client::new(),
+            http: batchd::http_client::client(),
             dir,
             config,
         }
