@@ -16,6 +16,16 @@ async fn wait_gone(h: &Harness, file_id: &str) {
     }
 }
 
+/// Waits (bounded) until `folder` holds `n` blobs: a file's row is deleted
+/// before its bytes, so the bytes go a moment after the file reads as gone.
+async fn wait_blob_count(h: &Harness, folder: &str, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blob_count(h, folder) != n {
+        assert!(Instant::now() < deadline, "{what}: {} blobs in {folder}, expected {n}", blob_count(h, folder));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn blob_count(h: &Harness, folder: &str) -> usize {
     std::fs::read_dir(h.dir.path().join("data/blobs").join(folder))
         .map(|d| d.count())
@@ -56,7 +66,7 @@ async fn uploads_and_batch_outputs_expire_with_their_bytes() {
     // (No count before the sweep: a 1-second expiry may already have passed
     // if the upload landed at the end of a wall-clock second.)
     wait_gone(&h, short["id"].as_str().unwrap()).await;
-    assert_eq!(blob_count(&h, "uploads"), 1, "the expired file's bytes are removed");
+    wait_blob_count(&h, "uploads", 1, "the expired file's bytes are removed").await;
     assert_eq!(h.get(&format!("/files/{}", keep["id"].as_str().unwrap())).await.0, 200);
 
     let input = h

@@ -79,8 +79,11 @@ pub fn timeline_event(path: Option<&std::path::Path>, event: &str) {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
+    // One `write` per event: `writeln!` on a `File` writes each piece
+    // separately, and concurrent requests' events would interleave.
+    let line = format!("{event} {ms}\n");
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{event} {ms}");
+        let _ = f.write_all(line.as_bytes());
     }
 }
 
