@@ -282,6 +282,11 @@ pub struct ModelConfig {
     /// Base URL of an already-running OpenAI-compatible server, ending in `/v1`.
     #[serde(default)]
     pub url: Option<String>,
+    /// Several already-running servers of this model (one vLLM per GPU, say),
+    /// each ending in `/v1`: every batch's lines are spread over all of them.
+    /// Instead of `url`.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// A GGUF file served by the embedded engine, which batchd starts,
     /// health-checks and stops itself. Exactly one of `url`, `engine` and
     /// `command`.
@@ -310,9 +315,22 @@ pub struct ModelConfig {
     /// Managed models: seconds between the stop signal and SIGKILL.
     #[serde(default = "default_stop_grace")]
     pub stop_grace_secs: u64,
-    /// Managed models with the same device are never loaded at once.
+    /// Managed models with the same device are never loaded at once. The
+    /// same as `devices = [device]`.
     #[serde(default)]
     pub device: Option<String>,
+    /// Managed models: the devices (GPUs) a replica of this model may run
+    /// on, one replica per device at a time; `{device}` in `command` and in
+    /// `env` values is replaced by the replica's device (for example
+    /// `CUDA_VISIBLE_DEVICES = "{device}"`). The scheduler decides how many
+    /// of them the model gets, up to `replicas`.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Managed models: the most servers of this model run at once (default:
+    /// one per entry of `devices`, or 1). Without `devices`, replicas share
+    /// the machine (no device exclusivity), like engine processes on CPU.
+    #[serde(default)]
+    pub replicas: Option<usize>,
     /// vLLM sleep mode (`--enable-sleep-mode`): make way for another model by
     /// `POST /sleep` and come back by `POST /wake_up` instead of a cold restart.
     #[serde(default)]
@@ -329,8 +347,9 @@ pub struct ModelConfig {
     /// Bearer token sent to the backend, if it needs one.
     #[serde(default)]
     pub api_key: Option<String>,
-    /// Most requests in flight to this backend at once, over all batches.
-    /// The actual limit adapts between `min_concurrency` and this bound.
+    /// Most requests in flight to each backend (each `urls` entry or
+    /// replica) at once, over all batches. The actual limit adapts between
+    /// `min_concurrency` and this bound, for each backend on its own.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
     /// The adaptive concurrency limit never goes below this.
@@ -381,6 +400,7 @@ impl ModelConfig {
         Self {
             name: name.to_owned(),
             url: None,
+            urls: vec![],
             engine: Some(gguf),
             command: None,
             env: Default::default(),
@@ -390,6 +410,8 @@ impl ModelConfig {
             stop_command: None,
             stop_grace_secs: default_stop_grace(),
             device: None,
+            devices: vec![],
+            replicas: None,
             sleep_mode: false,
             engine_parallel: default_engine_parallel(),
             engine_ctx_per_seq: default_engine_ctx(),
@@ -414,10 +436,45 @@ impl ModelConfig {
         self.engine.is_some() || self.command.is_some()
     }
 
+    /// The base URLs of an external model's servers (`url` or `urls`), in
+    /// configuration order; empty for a managed model.
+    pub fn backend_urls(&self) -> Vec<String> {
+        self.url.iter().chain(&self.urls).cloned().collect()
+    }
+
+    /// A managed model's replica places: one per device it may use (`devices`,
+    /// or `device`), or `replicas` places without a device. Empty for an
+    /// external model.
+    pub fn replica_devices(&self) -> Vec<Option<String>> {
+        if !self.is_managed() {
+            return vec![];
+        }
+        match (&self.device, self.devices.is_empty()) {
+            (_, false) => self.devices.iter().cloned().map(Some).collect(),
+            (Some(device), true) => vec![Some(device.clone())],
+            (None, true) => vec![None; self.replicas.unwrap_or(1).max(1)],
+        }
+    }
+
+    /// The most replicas of a managed model that run at once.
+    pub fn max_replicas(&self) -> usize {
+        let places = self.replica_devices().len();
+        self.replicas.unwrap_or(places).min(places)
+    }
+
     /// A model served by an already-running server at `url`.
     pub fn remote(name: &str, url: &str) -> Self {
         Self {
             url: Some(url.to_owned()),
+            engine: None,
+            ..Self::engine(name, PathBuf::new())
+        }
+    }
+
+    /// A model served by several already-running servers.
+    pub fn fleet(name: &str, urls: &[String]) -> Self {
+        Self {
+            urls: urls.to_vec(),
             engine: None,
             ..Self::engine(name, PathBuf::new())
         }
@@ -446,23 +503,50 @@ impl Config {
                 "model {:?} is configured twice",
                 model.name
             );
-            match (&model.url, &model.engine, &model.command) {
-                (Some(url), None, None) => anyhow::ensure!(
-                    url.starts_with("http://") || url.starts_with("https://"),
-                    "model {:?}: url must start with http:// or https://",
+            let remote = model.url.is_some() || !model.urls.is_empty();
+            match (remote, &model.engine, &model.command) {
+                (true, None, None) => {
+                    anyhow::ensure!(
+                        model.url.is_none() || model.urls.is_empty(),
+                        "model {:?}: give `url` for one server or `urls` for several, not both",
+                        model.name
+                    );
+                    let urls = model.backend_urls();
+                    for url in &urls {
+                        anyhow::ensure!(
+                            url.starts_with("http://") || url.starts_with("https://"),
+                            "model {:?}: url {url:?} must start with http:// or https://",
+                            model.name
+                        );
+                    }
+                    let distinct: std::collections::HashSet<_> = urls.iter().map(|u| u.trim_end_matches('/')).collect();
+                    anyhow::ensure!(
+                        distinct.len() == urls.len(),
+                        "model {:?}: a url is listed twice in `urls`",
+                        model.name
+                    );
+                    anyhow::ensure!(
+                        model.devices.is_empty() && model.replicas.is_none(),
+                        "model {:?}: `devices` and `replicas` are for models batchd starts (`engine` or `command`)",
+                        model.name
+                    );
+                }
+                (false, None, None) => anyhow::bail!(
+                    "model {:?}: give one of `url`, `urls`, `engine` and `command`",
                     model.name
                 ),
-                (None, Some(_), None) => {}
-                (None, None, Some(command)) => anyhow::ensure!(
+                (false, Some(_), None) => {}
+                (false, None, Some(command)) => anyhow::ensure!(
                     command.contains("{port}"),
                     "model {:?}: command must contain {{port}}, where batchd puts the port to serve on",
                     model.name
                 ),
                 _ => anyhow::bail!(
-                    "model {:?}: give exactly one of `url`, `engine` and `command`",
+                    "model {:?}: give exactly one of `url` (or `urls`), `engine` and `command`",
                     model.name
                 ),
             }
+            self.check_replicas(model)?;
             anyhow::ensure!(
                 model.min_concurrency >= 1 && model.min_concurrency <= model.max_concurrency,
                 "model {:?}: need 1 <= min_concurrency <= max_concurrency",
@@ -532,6 +616,35 @@ impl Config {
 }
 
 impl Config {
+    /// `devices` and `replicas` of a managed model.
+    fn check_replicas(&self, model: &ModelConfig) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            model.device.is_none() || model.devices.is_empty(),
+            "model {:?}: give `device` or `devices`, not both",
+            model.name
+        );
+        let distinct: std::collections::HashSet<_> = model.devices.iter().collect();
+        anyhow::ensure!(
+            distinct.len() == model.devices.len(),
+            "model {:?}: a device is listed twice in `devices`",
+            model.name
+        );
+        anyhow::ensure!(
+            model.replicas != Some(0),
+            "model {:?}: replicas must be at least 1",
+            model.name
+        );
+        let places = model.devices.len().max(usize::from(model.device.is_some()));
+        if let (Some(replicas), true) = (model.replicas, places > 0) {
+            anyhow::ensure!(
+                replicas <= places,
+                "model {:?}: replicas = {replicas} but only {places} device(s) to run them on",
+                model.name
+            );
+        }
+        Ok(())
+    }
+
     /// The listener's limits and the shutdown deadline: a zero would make
     /// every connection time out, or the server refuse all work.
     fn check_server_limits(&self) -> anyhow::Result<()> {
@@ -594,6 +707,34 @@ mod tests {
         assert!(
             Config::parse("[[models]]\nname = \"m\"\ncommand = \"x {port}\"\nstop_signal = \"SIGNOPE\"\n").is_err()
         );
+    }
+
+    #[test]
+    fn fleets_and_replicas_parse_and_bad_ones_are_refused() {
+        let fleet = Config::parse("[[models]]\nname='m'\nurls=['http://a/v1','http://b/v1']\n").unwrap();
+        assert_eq!(fleet.models[0].backend_urls().len(), 2);
+        let managed =
+            Config::parse("[[models]]\nname='m'\ncommand='x {port}'\ndevices=['0','1','2']\nreplicas=2\n").unwrap();
+        assert_eq!(managed.models[0].replica_devices().len(), 3);
+        assert_eq!(managed.models[0].max_replicas(), 2);
+        let cpu = Config::parse("[[models]]\nname='m'\ncommand='x {port}'\nreplicas=3\n").unwrap();
+        assert_eq!(cpu.models[0].replica_devices(), vec![None, None, None]);
+        for bad in [
+            "urls=['http://a/v1']\nurl='http://b/v1'",
+            "urls=['http://a/v1','http://a/v1/']",
+            "urls=['ftp://a']",
+            "urls=['http://a/v1']\nreplicas=2",
+            "command='x {port}'\ndevices=['0','0']",
+            "command='x {port}'\ndevices=['0']\nreplicas=2",
+            "command='x {port}'\nreplicas=0",
+            "command='x {port}'\ndevice='0'\ndevices=['1']",
+            "urls=[]",
+        ] {
+            assert!(
+                Config::parse(&format!("[[models]]\nname='m'\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

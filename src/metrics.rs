@@ -51,7 +51,26 @@ pub struct ModelSnapshot {
     pub waiting_batches: usize,
     pub running_batches: usize,
     pub loads: u64,
-    pub concurrency_limit: usize,
+    /// Each of its servers (`backend` label: its index, so labels stay
+    /// bounded by the configuration).
+    pub backends: Vec<crate::backends::BackendSnapshot>,
+}
+
+/// A per-server family: one sample per (model, backend).
+fn backend_family<M>(models: &[ModelSnapshot], set: impl Fn(&M, &crate::backends::BackendSnapshot)) -> Family<Labels, M>
+where
+    M: Default + Clone + prometheus_client::metrics::TypedMetric + prometheus_client::encoding::EncodeMetric + 'static,
+{
+    let family = Family::<Labels, M>::default();
+    for m in models {
+        for b in &m.backends {
+            set(
+                &family.get_or_create(&labels(&[("model", &m.name), ("backend", &b.id)])),
+                b,
+            );
+        }
+    }
+    family
 }
 
 fn gauge_family<F: Fn(&ModelSnapshot) -> i64>(models: &[ModelSnapshot], value: F) -> Family<Labels, Gauge> {
@@ -99,8 +118,31 @@ pub fn render(snapshot: Snapshot) -> String {
     );
     registry.register(
         "backend_concurrency_limit",
-        "The adaptive limit of requests in flight to the backend",
-        gauge_family(&snapshot.models, |m| m.concurrency_limit as i64),
+        "The adaptive limit of requests in flight to the backend (each server of a model)",
+        backend_family::<Gauge>(&snapshot.models, |g, b| {
+            g.set(b.concurrency_limit as i64);
+        }),
+    );
+    registry.register(
+        "backend_in_flight",
+        "Requests in flight to the backend",
+        backend_family::<Gauge>(&snapshot.models, |g, b| {
+            g.set(b.in_flight as i64);
+        }),
+    );
+    registry.register(
+        "backend_up",
+        "1 if the backend takes lines (in rotation), else 0",
+        backend_family::<Gauge>(&snapshot.models, |g, b| {
+            g.set(i64::from(b.state == crate::backends::BackendState::Healthy));
+        }),
+    );
+    registry.register(
+        "backend_lines_served",
+        "Requests that got their final answer from the backend",
+        backend_family::<prometheus_client::metrics::counter::Counter>(&snapshot.models, |c, b| {
+            c.inc_by(b.lines_served);
+        }),
     );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");

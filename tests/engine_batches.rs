@@ -96,3 +96,46 @@ async fn engine_errors_land_in_the_error_file() {
         "context_length_exceeded"
     );
 }
+
+/// The fleet path on the real engine: one model on two `batchd engine`
+/// replicas (no devices: they share the CPU), every line once, both
+/// replicas serving part of the batch.
+#[tokio::test]
+async fn one_model_on_two_engine_replicas_spreads_its_batch() {
+    let models = tempfile::tempdir().unwrap();
+    let gguf = models.path().join("tiny.gguf");
+    tiny_gguf::write(&gguf, &TinyModel::default()).unwrap();
+    let h = Harness::start_with(|c| {
+        c.server.engine_exe = Some(env!("CARGO_BIN_EXE_batchd").into());
+        let mut model = ModelConfig::engine("tiny", gguf.clone());
+        model.engine_parallel = 2;
+        model.engine_ctx_per_seq = 256;
+        model.engine_threads = Some(1);
+        model.min_concurrency = 2;
+        model.max_concurrency = 2;
+        model.replicas = Some(2);
+        c.models = vec![model];
+    })
+    .await;
+    let lines: Vec<Value> = (0..40)
+        .map(|i| {
+            let mut line = chat_line(&format!("r{i}"), "tiny", &format!("count to {i}"));
+            line["body"]["max_tokens"] = json!(8);
+            line
+        })
+        .collect();
+    let file_id = h.upload_lines(&lines).await;
+    let batch = h.create_batch(&file_id, "/v1/chat/completions").await;
+    let batch = h.wait_terminal(batch["id"].as_str().unwrap()).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    let output = h.lines_of(&batch["output_file_id"]).await;
+    let ids: std::collections::HashSet<&str> = output.iter().map(|l| l["custom_id"].as_str().unwrap()).collect();
+    assert_eq!((output.len(), ids.len()), (40, 40));
+
+    let (_, list) = h.get("/models").await;
+    let backends = list["data"][0]["backends"].as_array().unwrap().clone();
+    assert_eq!(backends.len(), 2, "{list}");
+    let served: Vec<u64> = backends.iter().map(|b| b["lines_served"].as_u64().unwrap()).collect();
+    assert_eq!(served.iter().sum::<u64>(), 40, "{list}");
+    assert!(served.iter().all(|n| *n > 0), "both replicas serve: {served:?}");
+}

@@ -21,7 +21,11 @@ async fn wait_gone(h: &Harness, file_id: &str) {
 async fn wait_blob_count(h: &Harness, folder: &str, n: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while blob_count(h, folder) != n {
-        assert!(Instant::now() < deadline, "{what}: {} blobs in {folder}, expected {n}", blob_count(h, folder));
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} blobs in {folder}, expected {n}",
+            blob_count(h, folder)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

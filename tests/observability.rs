@@ -76,7 +76,28 @@ async fn metrics_after_a_batch() {
         Some(0.0),
         "{page}"
     );
-    assert!(sample(&page, r#"batchd_backend_concurrency_limit{model="fake-model"}"#).is_some_and(|v| v >= 1.0));
+    // Per server of the model: `backend` is its index in the configuration.
+    assert!(
+        sample(
+            &page,
+            r#"batchd_backend_concurrency_limit{model="fake-model",backend="0"}"#
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, r#"batchd_backend_up{model="fake-model",backend="0"}"#),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"batchd_backend_lines_served_total{model="fake-model",backend="0"}"#
+        ),
+        Some(3.0),
+        "{page}"
+    );
     assert!(page.contains("# TYPE batchd_model_loads gauge"), "{page}");
     assert!(!page.contains("batch_"), "no batch ids in labels");
 }

@@ -1,8 +1,10 @@
 //! `GET /v1/models`: the models batches may name, with their state. `state`,
-//! `running_batches`, `loads` and `last_error` are batchd's additions (the
-//! SDKs keep unknown fields): `external` for a model at a fixed `url`, else
-//! `unloaded`, `loading`, `loaded` (batches running), `idle`, `unloading` or
-//! `sleeping`.
+//! `running_batches`, `loads`, `last_error`, `replicas_loaded` and `backends`
+//! are batchd's additions (the SDKs keep unknown fields): `state` is
+//! `external` for a model at fixed URLs, else `unloaded`, `loading`,
+//! `loaded` (batches running), `idle`, `unloading` or `sleeping`; `backends`
+//! lists each server of the model (its url or device, state, lines in
+//! flight, adaptive limit, lines served).
 
 use axum::Json;
 use axum::extract::State;
@@ -21,6 +23,9 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
             {
                 obj.extend(extra);
             }
+            if let (Some(obj), Some(pool)) = (model.as_object_mut(), app.models.get(name)) {
+                obj.insert("backends".into(), json!(pool.snapshots()));
+            }
             model
         })
         .collect();
@@ -37,7 +42,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<String, super::error
             waiting_batches: app.manager.waiting(name),
             running_batches: app.manager.status(name).map_or(0, |s| s.running_batches),
             loads: app.manager.status(name).map_or(0, |s| s.loads),
-            concurrency_limit: app.models.get(name).map_or(0, |b| b.concurrency_limit()),
+            backends: app.models.get(name).map(|pool| pool.snapshots()).unwrap_or_default(),
         })
         .collect();
     let snapshot = crate::metrics::Snapshot {

@@ -10,13 +10,15 @@
 //! at every step, more only add latency. The limit only grows while it is
 //! actually used, so an idle backend does not collect slots.
 //!
-//! Slots are a fair (FIFO) tokio semaphore sized at the maximum; a lower
-//! limit is the maximum minus slots the limiter holds back.
+//! Slots are a tokio semaphore sized at the maximum; a lower limit is the
+//! maximum minus slots the limiter holds back. One model's backends share a
+//! `Notify` that every freed or added slot wakes, so a pool waiting for any
+//! of its backends to have room (`pool::BackendPool::acquire`) hears of it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Requests waiting in the server's own queue that still count as healthy.
 pub const QUEUE_TARGET: u64 = 4;
@@ -28,6 +30,8 @@ pub struct Limiter {
     state: Mutex<State>,
     min: usize,
     max: usize,
+    /// Woken whenever a slot is freed or added.
+    room: Arc<Notify>,
 }
 
 struct State {
@@ -59,6 +63,11 @@ pub enum Signal {
 
 impl Limiter {
     pub fn new(min: usize, max: usize) -> Arc<Self> {
+        Self::with_room(min, max, Arc::default())
+    }
+
+    /// A limiter that wakes `room` whenever a slot comes free.
+    pub fn with_room(min: usize, max: usize, room: Arc<Notify>) -> Arc<Self> {
         let min = min.clamp(1, max);
         let start = min.max(8).min(max);
         Arc::new(Self {
@@ -74,6 +83,7 @@ impl Limiter {
             }),
             min,
             max,
+            room,
         })
     }
 
@@ -87,8 +97,28 @@ impl Limiter {
         }
     }
 
+    /// A slot if one is free now.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        self.lock().in_flight += 1;
+        Some(Slot {
+            permit: Some(permit),
+            limiter: self.clone(),
+        })
+    }
+
     pub fn limit(&self) -> usize {
         self.lock().limit as usize
+    }
+
+    /// Requests holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
+    /// Slots free now (the limit minus those in use).
+    pub fn free(&self) -> usize {
+        self.semaphore.available_permits()
     }
 
     /// Feeds the outcome of one request.
@@ -139,6 +169,9 @@ impl Limiter {
             grow -= repaid;
             s.held -= grow;
             self.semaphore.add_permits(grow);
+            if grow > 0 {
+                self.room.notify_waiters();
+            }
         } else if new < old {
             let mut shrink = old - new;
             // Take idle slots out now; the rest as requests finish.
@@ -163,14 +196,25 @@ impl Limiter {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut s = self.limiter.lock();
-        s.in_flight -= 1;
-        if s.debt > 0 {
-            s.debt -= 1;
-            s.held += 1;
-            if let Some(permit) = self.permit.take() {
-                permit.forget();
+        let freed = {
+            let mut s = self.limiter.lock();
+            s.in_flight -= 1;
+            if s.debt > 0 {
+                s.debt -= 1;
+                s.held += 1;
+                if let Some(permit) = self.permit.take() {
+                    permit.forget();
+                }
+                false
+            } else {
+                true
             }
+        };
+        // The permit goes back before waiters are woken, so the one that
+        // retries finds it.
+        drop(self.permit.take());
+        if freed {
+            self.limiter.room.notify_waiters();
         }
     }
 }

@@ -1,23 +1,26 @@
 //! Talking to model servers. Every backend speaks the OpenAI-compatible HTTP
 //! protocol (vLLM, SGLang, llama.cpp's server, TGI, Ollama, ...), so one client
-//! serves them all; admission control (how many requests may be in flight) is
-//! per model.
+//! serves them all. A model is a pool of one or more servers (`urls`, or
+//! managed replicas), each with its own adaptive concurrency limit and
+//! health.
 
-pub mod client;
+pub mod backend;
 pub mod limiter;
+pub mod pool;
 pub mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use client::{Backend, Outcome};
+pub use backend::{Backend, BackendSnapshot, BackendState, Outcome};
+pub use pool::{BackendPool, PoolSlot};
 
 use crate::config::{ExecutionConfig, ModelConfig};
 
 /// The configured models, by the name request bodies use.
 #[derive(Clone)]
 pub struct ModelRegistry {
-    models: Arc<HashMap<String, Arc<Backend>>>,
+    models: Arc<HashMap<String, Arc<BackendPool>>>,
     order: Arc<Vec<String>>,
 }
 
@@ -33,11 +36,11 @@ impl ModelRegistry {
         let mut map = HashMap::new();
         let mut order = vec![];
         for model in models {
-            let backend = Arc::new(Backend::new(model, http.clone(), execution));
+            let pool = Arc::new(BackendPool::new(model, http.clone(), execution));
             if model.min_concurrency < model.max_concurrency {
-                backend.spawn_queue_watch(std::time::Duration::from_secs(1));
+                pool.spawn_queue_watches(std::time::Duration::from_secs(1));
             }
-            map.insert(model.name.clone(), backend);
+            map.insert(model.name.clone(), pool);
             order.push(model.name.clone());
         }
         Ok(Self {
@@ -46,7 +49,7 @@ impl ModelRegistry {
         })
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<Backend>> {
+    pub fn get(&self, name: &str) -> Option<Arc<BackendPool>> {
         self.models.get(name).cloned()
     }
 

@@ -1,6 +1,7 @@
 //! The `in_progress` phase: streams the input file and sends every line that
-//! has no durable result yet to the model's backend, with at most the model's
-//! concurrency in flight. Memory is bounded by that concurrency, never by the
+//! has no durable result yet to the model's servers (its pool picks the
+//! least loaded one for each line), with at most the servers' concurrency
+//! in flight. Memory is bounded by that concurrency, never by the
 //! file's size.
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use super::input::{InputError, input_reader, recover_custom_id};
 use super::output_line;
 use super::record::BatchRecord;
 use super::request_line::parse_line;
-use crate::backends::{Backend, Outcome};
+use crate::backends::{BackendPool, Outcome, PoolSlot};
 use crate::error::{Error, Result};
 use crate::models::{Lease, ModelManager, TurnRequest};
 use crate::store::LineResult;
@@ -160,11 +161,11 @@ pub async fn run(
             rt.writer.submit(result(&batch_id, line.number, rendered)).await;
             continue;
         };
-        let permit = tokio::select! {
+        let mut slot = tokio::select! {
             biased;
             _ = stop.cancelled() => break RunEnd::Stopped,
             _ = &mut deadline => break RunEnd::Expired,
-            permit = backend.acquire() => permit,
+            slot = backend.acquire() => slot,
         };
         in_flight.reap(rt, &batch_id).await;
         dispatched += 1;
@@ -177,7 +178,8 @@ pub async fn run(
             if super::failpoint::arg("line_task_panic").is_some_and(|id| id == custom_id) {
                 panic!("failpoint line_task_panic");
             }
-            let rendered = match send_surviving_crashes(&backend, &manager, &model, endpoint.backend_path(), body).await {
+            let sent = send_surviving_crashes(&backend, &mut slot, &manager, &model, endpoint.backend_path(), body).await;
+            let rendered = match sent {
                 Sent::Answered(outcome) => output_line::from_outcome(&custom_id, &outcome),
                 Sent::CrashedModel => output_line::error_line(
                     &custom_id,
@@ -189,7 +191,7 @@ pub async fn run(
             writer.submit(result(&batch_id, line.number, rendered)).await;
             // The slot is held until the result is queued for the writer, so
             // results waiting in memory never exceed the concurrency.
-            drop(permit);
+            drop(slot);
         });
     };
     // Every line is dispatched: the model's next batch may start while these finish.
@@ -303,7 +305,8 @@ enum Sent {
 /// alone (no other line of the model in flight), so a second crash is
 /// known to be its own and fails only this line.
 async fn send_surviving_crashes(
-    backend: &Backend,
+    pool: &BackendPool,
+    slot: &mut PoolSlot,
     manager: &ModelManager,
     model: &str,
     path: &str,
@@ -318,17 +321,20 @@ async fn send_surviving_crashes(
             Some(gate) if alone => Some(Either::Left(gate.clone().write_owned().await)),
             Some(gate) => Some(Either::Right(gate.clone().read_owned().await)),
         };
-        let generation = match alone {
-            true => manager
-                .until_up(model)
-                .await
-                .unwrap_or_else(|| manager.generation(model)),
-            false => manager.generation(model),
-        };
-        let outcome = backend.send(path, body.clone()).await;
+        if alone {
+            manager.until_up(model).await;
+        }
+        // The pool may move the line to another replica; `slot` then says
+        // which server (and which of its process generations) gave no answer.
+        let outcome = pool.send(slot, path, body.clone()).await;
         // The gate is held until the restart is done: the next line sent
         // alone must not find the dead server (and be blamed for it).
-        if !matches!(outcome, Outcome::Unreachable { .. }) || manager.recover(model, generation).await.is_err() {
+        if !matches!(outcome, Outcome::Unreachable { .. })
+            || manager
+                .recover(model, slot.backend_index(), slot.generation())
+                .await
+                .is_err()
+        {
             return Sent::Answered(outcome);
         }
         drop(guard);

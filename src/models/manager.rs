@@ -1,7 +1,10 @@
-//! The model manager: owns the managed model servers and the queue of batches
-//! waiting for their model's dispatch turn. One reconcile loop asks
-//! `policy::plan` what to do and does it; starts, stops and wakes run as
-//! their own tasks, so a 5-minute model load never blocks a grant.
+//! The model manager: owns the managed model servers (one per replica of a
+//! model: a device, or a place without one) and the queue of batches waiting
+//! for their model's dispatch turn. One reconcile loop asks `policy::plan`
+//! what to do and does it; starts, stops and wakes run as their own tasks,
+//! so a 5-minute model load never blocks a grant. Each replica's state is
+//! mirrored into its backend in the model's pool (`backends::BackendState`),
+//! which is what decides where lines go.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,9 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::policy::{Action, ModelView, Phase, TurnView, WaitView, plan};
+use super::policy::{Action, ModelView, Phase, Place, RETRY_FAILED_REPLICA, ReplicaView, TurnView, WaitView, plan};
 use super::process::{LaunchSpec, ServerProcess};
-use crate::backends::ModelRegistry;
+use crate::backends::{BackendState, ModelRegistry};
 use crate::config::{ModelConfig, SchedulerConfig};
 
 /// How long `recover` waits for a model server whose connections broke to
@@ -43,8 +46,11 @@ pub struct ModelStatus {
     /// batches copy it), so it is a general reason, never the server's output
     /// (`ServerProcess::start` logs that for the operator).
     pub last_error: Option<String>,
-    /// The model server's process id while it runs.
+    /// The model server's process id while it runs (the first running
+    /// replica's, for a model with several).
     pub pid: Option<u32>,
+    /// Replicas loaded (serving lines) now.
+    pub replicas_loaded: usize,
 }
 
 #[derive(Clone)]
@@ -53,9 +59,16 @@ pub struct ModelManager {
 }
 
 struct Spec {
-    launch: Option<LaunchSpec>,
-    device: Option<String>,
+    /// One per place (replica); empty for an external model.
+    launches: Vec<LaunchSpec>,
+    max_replicas: usize,
     sleep_mode: bool,
+}
+
+impl Spec {
+    fn managed(&self) -> bool {
+        !self.launches.is_empty()
+    }
 }
 
 struct Inner {
@@ -83,8 +96,8 @@ struct State {
 }
 
 struct Slot {
-    phase: Phase,
-    process: Option<ServerProcess>,
+    /// One per place; empty for an external model.
+    replicas: Vec<Replica>,
     running: usize,
     dispatching: bool,
     /// The batch holding the dispatch turn (set with `dispatching`).
@@ -93,14 +106,44 @@ struct Slot {
     /// round-robin's memory. One entry per project that ever used the model.
     last_turn_of: HashMap<String, u64>,
     idle_since: Instant,
-    /// Bumped at every successful load; tells a restart from the old process.
-    generation: u64,
-    /// Crash restarts while busy; reset when the model goes idle.
-    restarts: u32,
-    /// Failed starts so far, and the last one's reason.
+    /// Times the model could not be brought up at all (no replica would
+    /// start, or crashes ran out), and the last reason.
     failures: u64,
     last_error: Option<String>,
     loads: u64,
+}
+
+/// One place of a managed model: its server process, if it runs.
+#[derive(Default)]
+struct Replica {
+    phase: Phase,
+    process: Option<ServerProcess>,
+    /// Bumped at every successful load; tells a restart from the old
+    /// process (the backend carries the same number).
+    generation: u64,
+    /// Crash restarts while busy; reset when the model goes idle.
+    restarts: u32,
+    /// Making way for another model: unloaded once its lines are done.
+    draining: bool,
+    /// When its last start failed while other replicas served.
+    failed_at: Option<Instant>,
+}
+
+impl Slot {
+    fn serving(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| r.phase == Phase::Loaded && !r.draining)
+            .count()
+    }
+
+    /// A replica other than `except` is serving or on its way up.
+    fn others_alive(&self, except: Place) -> bool {
+        self.replicas
+            .iter()
+            .enumerate()
+            .any(|(i, r)| i != except && (r.phase == Phase::Starting || r.phase == Phase::Loaded && !r.draining))
+    }
 }
 
 struct Turn {
@@ -140,26 +183,25 @@ impl ModelManager {
         let mut specs = HashMap::new();
         let mut slots = HashMap::new();
         for m in models {
+            let launches = super::launch::launch_specs(m, engine_exe, log_dir);
+            let places = launches.len();
             specs.insert(
                 m.name.clone(),
                 Spec {
-                    launch: super::launch::launch_spec(m, engine_exe, log_dir),
-                    device: m.device.clone(),
+                    launches,
+                    max_replicas: m.max_replicas(),
                     sleep_mode: m.sleep_mode,
                 },
             );
             slots.insert(
                 m.name.clone(),
                 Slot {
-                    phase: if m.is_managed() { Phase::Unloaded } else { Phase::Loaded },
-                    process: None,
+                    replicas: (0..places).map(|_| Replica::default()).collect(),
                     running: 0,
                     dispatching: false,
                     turn: None,
                     last_turn_of: HashMap::new(),
                     idle_since: Instant::now(),
-                    generation: 0,
-                    restarts: 0,
                     failures: 0,
                     last_error: None,
                     loads: 0,
@@ -207,17 +249,15 @@ impl ModelManager {
         answer.await.unwrap_or_else(|_| Err("batchd is shutting down".into()))
     }
 
-    /// The model's current process generation (see `recover`).
-    pub fn generation(&self, model: &str) -> u64 {
-        self.inner.lock().models.get(model).map_or(0, |s| s.generation)
-    }
-
-    /// Called when a request to `model` got no answer at all. If the model's
-    /// server died, waits for the restart and returns `Ok` (send again);
-    /// `Err` if the server is alive (the failure is the request's own), not
-    /// managed, or could not be brought back.
-    pub async fn recover(&self, model: &str, generation_seen: u64) -> Result<(), String> {
-        let managed = self.inner.specs.get(model).is_some_and(|s| s.launch.is_some());
+    /// Called when a request to replica `place` of `model` got no answer at
+    /// all, from the server generation `generation_seen` (the backend's, when
+    /// the request was sent). If that server died, waits until the model can
+    /// take the line again (another replica serves, or this one was
+    /// restarted) and returns `Ok` (send again); `Err` if the server is alive
+    /// (the failure is the request's own), not managed, or the model could
+    /// not be brought back.
+    pub async fn recover(&self, model: &str, place: Place, generation_seen: u64) -> Result<(), String> {
+        let managed = self.inner.specs.get(model).is_some_and(Spec::managed);
         if !managed {
             return Err("not a managed model".into());
         }
@@ -235,21 +275,30 @@ impl ModelManager {
                 if slot.failures > failures_before {
                     return Err(slot.last_error.clone().unwrap_or_default());
                 }
-                match slot.phase {
-                    Phase::Loaded if slot.generation > generation_seen => return Ok(()),
-                    Phase::Loaded if slot.process.as_ref().is_some_and(ServerProcess::is_running) => {
-                        match slot.process.as_ref() {
+                let others_serve = slot.serving()
+                    > usize::from(slot.replicas[place].phase == Phase::Loaded && !slot.replicas[place].draining);
+                let replica = &mut slot.replicas[place];
+                match replica.phase {
+                    Phase::Loaded if replica.generation > generation_seen => return Ok(()),
+                    Phase::Loaded if replica.process.as_ref().is_some_and(ServerProcess::is_running) => {
+                        match replica.process.as_ref() {
                             Some(process) if !exit_grace_used => Some(process.exit_watch()),
                             _ => return Err("the model server is running".into()),
                         }
                     }
                     Phase::Loaded => {
-                        tracing::warn!(model, "model server died with work in flight; restarting it");
-                        slot.phase = Phase::Crashed;
+                        tracing::warn!(
+                            model,
+                            replica = place,
+                            "model server died with work in flight; restarting it"
+                        );
+                        replica.phase = Phase::Crashed;
+                        self.inner.mirror(model, place, BackendState::Stopped);
                         drop(state);
                         self.inner.bump();
                         None
                     }
+                    _ if others_serve => return Ok(()),
                     // With batches holding leases, a model is unloaded only
                     // by a failed start (perhaps before this line's send
                     // ended): waiting would never end.
@@ -283,34 +332,43 @@ impl ModelManager {
         self.inner.line_gates.get(model).cloned()
     }
 
-    /// Waits until `model`'s server is up (loaded, its process running) and
-    /// returns its generation; `None` if it failed or batchd is stopping. A
-    /// line sent alone to find out whether it crashes the server must not be
+    /// Waits until a server of `model` is up (a replica loaded, its process
+    /// running); false if the model failed or batchd is stopping. A line
+    /// sent alone to find out whether it crashes the server must not be
     /// blamed for a server that was still down when it was sent.
-    pub async fn until_up(&self, model: &str) -> Option<u64> {
-        let failures_before = self.inner.lock().models.get(model)?.failures;
+    pub async fn until_up(&self, model: &str) -> bool {
+        let Some(failures_before) = self.inner.lock().models.get(model).map(|s| s.failures) else {
+            return false;
+        };
         loop {
             let changed = self.inner.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             {
                 let state = self.inner.lock();
-                let slot = state.models.get(model)?;
+                let Some(slot) = state.models.get(model) else {
+                    return false;
+                };
                 if slot.failures > failures_before {
-                    return None;
+                    return false;
                 }
-                match slot.phase {
-                    Phase::Loaded if slot.process.as_ref().is_some_and(ServerProcess::is_running) => {
-                        return Some(slot.generation);
-                    }
-                    Phase::Unloaded | Phase::Sleeping => return None,
-                    _ => {}
+                let up =
+                    |r: &Replica| r.phase == Phase::Loaded && r.process.as_ref().is_some_and(ServerProcess::is_running);
+                if slot.replicas.iter().any(up) {
+                    return true;
+                }
+                if slot
+                    .replicas
+                    .iter()
+                    .all(|r| matches!(r.phase, Phase::Unloaded | Phase::Sleeping))
+                {
+                    return false;
                 }
             }
             tokio::select! {
                 _ = changed => {},
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {},
-                _ = self.inner.stop.cancelled() => return None,
+                _ = self.inner.stop.cancelled() => return false,
             }
         }
     }
@@ -318,10 +376,13 @@ impl ModelManager {
     /// The last `crashes` restarts of `model` were caused by one line (which
     /// is now failed and never sent again): they do not count towards
     /// `max_restarts`, so a tenant's poison lines cannot use them up and fail
-    /// every batch on the model.
+    /// every batch on the model. (The crashes may have been on different
+    /// replicas; each replica's count is lowered.)
     pub fn forgive_crashes(&self, model: &str, crashes: u32) {
         if let Some(slot) = self.inner.lock().models.get_mut(model) {
-            slot.restarts = slot.restarts.saturating_sub(crashes);
+            for replica in &mut slot.replicas {
+                replica.restarts = replica.restarts.saturating_sub(crashes);
+            }
         }
     }
 
@@ -336,24 +397,31 @@ impl ModelManager {
     }
 
     pub fn status(&self, model: &str) -> Option<ModelStatus> {
-        let managed = self.inner.specs.get(model)?.launch.is_some();
+        let managed = self.inner.specs.get(model)?.managed();
         let state = self.inner.lock();
         let slot = state.models.get(model)?;
-        let label = match slot.phase {
+        let any = |phase: Phase| slot.replicas.iter().any(|r| r.phase == phase);
+        let label = match () {
             _ if !managed => "external",
-            Phase::Unloaded | Phase::Crashed => "unloaded",
-            Phase::Starting => "loading",
-            Phase::Loaded if slot.running > 0 => "loaded",
-            Phase::Loaded => "idle",
-            Phase::Stopping => "unloading",
-            Phase::Sleeping => "sleeping",
+            _ if any(Phase::Loaded) && slot.running > 0 => "loaded",
+            _ if any(Phase::Loaded) => "idle",
+            _ if any(Phase::Starting) => "loading",
+            _ if any(Phase::Stopping) => "unloading",
+            _ if any(Phase::Sleeping) => "sleeping",
+            _ => "unloaded",
         };
         Some(ModelStatus {
             state: label,
             running_batches: slot.running,
             loads: slot.loads,
             last_error: slot.last_error.clone(),
-            pid: slot.process.as_ref().filter(|p| p.is_running()).map(ServerProcess::pid),
+            pid: slot
+                .replicas
+                .iter()
+                .filter_map(|r| r.process.as_ref())
+                .find(|p| p.is_running())
+                .map(ServerProcess::pid),
+            replicas_loaded: slot.serving(),
         })
     }
 
@@ -363,7 +431,12 @@ impl ModelManager {
         let processes: Vec<ServerProcess> = {
             let mut state = self.inner.lock();
             state.waiting.clear();
-            state.models.values_mut().filter_map(|s| s.process.take()).collect()
+            state
+                .models
+                .values_mut()
+                .flat_map(|s| s.replicas.iter_mut())
+                .filter_map(|r| r.process.take())
+                .collect()
         };
         futures::future::join_all(processes.into_iter().map(ServerProcess::stop)).await;
     }
@@ -416,7 +489,9 @@ impl Drop for Lease {
                 slot.running -= 1;
                 if slot.running == 0 {
                     slot.idle_since = Instant::now();
-                    slot.restarts = 0;
+                    for replica in &mut slot.replicas {
+                        replica.restarts = 0;
+                    }
                 }
             }
         }
@@ -433,6 +508,29 @@ impl Inner {
         self.wake_loop.notify_one();
         self.changed.notify_waiters();
     }
+
+    /// Tells the model's pool what replica `place` is doing now.
+    fn mirror(&self, model: &str, place: Place, state: BackendState) {
+        if let Some(backend) = self.registry.get(model).and_then(|pool| pool.backend(place).cloned()) {
+            backend.set_state(state);
+        }
+    }
+
+    /// Stops replica `place`'s backend if nothing is in flight on it.
+    fn stop_if_idle(&self, model: &str, place: Place) -> bool {
+        self.registry
+            .get(model)
+            .and_then(|pool| pool.backend(place).map(|b| b.stop_if_idle()))
+            .unwrap_or(true)
+    }
+
+    /// Lines in flight on replica `place` of `model`.
+    fn in_flight(&self, model: &str, place: Place) -> usize {
+        self.registry
+            .get(model)
+            .and_then(|pool| pool.backend(place).map(|b| b.limiter().in_flight()))
+            .unwrap_or(0)
+    }
 }
 
 async fn reconcile_loop(inner: Arc<Inner>) {
@@ -446,11 +544,24 @@ async fn reconcile_loop(inner: Arc<Inner>) {
                 .iter()
                 .map(|(name, slot)| {
                     let spec = &inner.specs[name];
+                    let others_serve = slot.serving() > 0;
                     ModelView {
                         name: name.clone(),
-                        managed: spec.launch.is_some(),
-                        phase: slot.phase,
-                        device: spec.device.clone(),
+                        managed: spec.managed(),
+                        replicas: slot
+                            .replicas
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| ReplicaView {
+                                phase: r.phase,
+                                device: spec.launches[i].device.clone(),
+                                in_flight: inner.in_flight(name, i),
+                                draining: r.draining,
+                                cooling_down: others_serve
+                                    && r.failed_at.is_some_and(|at| now - at < RETRY_FAILED_REPLICA),
+                            })
+                            .collect(),
+                        max_replicas: spec.max_replicas,
                         running: slot.running,
                         dispatching: slot.dispatching,
                         turn: slot.turn.as_ref().map(|t| TurnView {
@@ -540,82 +651,107 @@ fn apply(inner: &Arc<Inner>, action: Action) {
                 );
             }
         }
-        Action::Load(model) => {
+        Action::Load(model, place) => {
             let mut state = inner.lock();
-            let slot = state.models.get_mut(&model).expect("known model");
-            let sleeping = slot.phase == Phase::Sleeping;
-            slot.phase = Phase::Starting;
-            let process = slot.process.take();
+            let replica = &mut state.models.get_mut(&model).expect("known model").replicas[place];
+            let sleeping = replica.phase == Phase::Sleeping;
+            replica.phase = Phase::Starting;
+            let process = replica.process.take();
+            inner.mirror(&model, place, BackendState::Starting);
             drop(state);
             let inner = inner.clone();
             tokio::spawn(async move {
                 match (sleeping, process) {
-                    (true, Some(process)) => wake(&inner, &model, process).await,
+                    (true, Some(process)) => wake(&inner, &model, place, process).await,
                     (_, process) => {
                         if let Some(old) = process {
                             old.stop().await;
                         }
-                        start(&inner, &model).await
+                        start(&inner, &model, place).await
                     }
                 }
             });
         }
-        Action::Restart(model) => {
+        Action::Restart(model, place) => {
             let mut state = inner.lock();
             let slot = state.models.get_mut(&model).expect("known model");
-            if slot.restarts >= inner.cfg.max_restarts {
-                let message = format!("the model server crashed {} times in a row", slot.restarts + 1);
-                fail(inner, &mut state, &model, message);
+            let restarts = slot.replicas[place].restarts;
+            if restarts >= inner.cfg.max_restarts {
+                let message = format!("the model server crashed {} times in a row", restarts + 1);
+                start_failed(inner, &mut state, &model, place, message);
                 return;
             }
-            slot.restarts += 1;
-            slot.phase = Phase::Starting;
-            let dead = slot.process.take();
+            let replica = &mut slot.replicas[place];
+            replica.restarts += 1;
+            replica.phase = Phase::Starting;
+            let dead = replica.process.take();
+            inner.mirror(&model, place, BackendState::Starting);
             drop(state);
             let inner = inner.clone();
             tokio::spawn(async move {
                 if let Some(dead) = dead {
                     dead.stop().await;
                 }
-                start(&inner, &model).await
+                start(&inner, &model, place).await
             });
         }
-        Action::Forget(model) => {
+        Action::Forget(model, place) => {
             let mut state = inner.lock();
-            let slot = state.models.get_mut(&model).expect("known model");
-            slot.phase = Phase::Unloaded;
-            let dead = slot.process.take();
+            let replica = &mut state.models.get_mut(&model).expect("known model").replicas[place];
+            replica.phase = Phase::Unloaded;
+            let dead = replica.process.take();
             drop(state);
-            tracing::warn!(model, "idle model server exited");
+            tracing::warn!(model, replica = place, "idle model server exited");
             if let Some(dead) = dead {
                 tokio::spawn(dead.stop());
             }
         }
-        Action::Unload(model) => {
+        Action::Drain(model, place) => {
+            let mut state = inner.lock();
+            let replica = &mut state.models.get_mut(&model).expect("known model").replicas[place];
+            if replica.phase == Phase::Loaded && !replica.draining {
+                replica.draining = true;
+                inner.mirror(&model, place, BackendState::Draining);
+                tracing::info!(model, replica = place, "replica making way for another model; draining");
+            }
+        }
+        Action::Unload(model, place) => {
             let mut state = inner.lock();
             let slot = state.models.get_mut(&model).expect("known model");
-            if slot.running != 0 {
+            // A drained replica stops only if no line is in flight on it at
+            // this instant (checked and stopped under its backend's lock, so
+            // no line can take a slot in between); otherwise a later tick
+            // tries again.
+            let drained = slot.replicas[place].draining && inner.stop_if_idle(&model, place);
+            if slot.replicas[place].draining && !drained {
+                return;
+            }
+            if slot.running != 0 && !drained {
                 // The policy never asks for this. Refusing beats a panic here,
                 // which would poison the state mutex and break every lease.
                 tracing::error!(
                     model,
+                    replica = place,
                     running = slot.running,
-                    "not unloading a model with batches running on it"
+                    "not unloading a replica with lines in flight or batches running on it"
                 );
                 return;
             }
-            slot.phase = Phase::Stopping;
-            let process = slot.process.take();
+            let replica = &mut slot.replicas[place];
+            replica.phase = Phase::Stopping;
+            replica.draining = false;
+            let process = replica.process.take();
+            inner.mirror(&model, place, BackendState::Stopped);
             drop(state);
             let inner = inner.clone();
-            tokio::spawn(async move { unload(&inner, &model, process).await });
+            tokio::spawn(async move { unload(&inner, &model, place, process).await });
         }
     }
 }
 
-async fn start(inner: &Arc<Inner>, model: &str) {
-    let spec = inner.specs[model].launch.as_ref().expect("managed model");
-    tracing::info!(model, "starting model server");
+async fn start(inner: &Arc<Inner>, model: &str, place: Place) {
+    let spec = &inner.specs[model].launches[place];
+    tracing::info!(model, replica = place, "starting model server");
     let started = Instant::now();
     let outcome = tokio::select! {
         outcome = ServerProcess::start(spec, &inner.http) => outcome,
@@ -623,74 +759,79 @@ async fn start(inner: &Arc<Inner>, model: &str) {
     };
     match outcome {
         Ok(process) => {
-            tracing::info!(model, secs = started.elapsed().as_secs_f64(), url = %process.root_url, "model server ready");
-            loaded(inner, model, process);
+            tracing::info!(model, replica = place, secs = started.elapsed().as_secs_f64(), url = %process.root_url, "model server ready");
+            loaded(inner, model, place, process);
         }
         Err(message) => {
-            tracing::error!(model, error = %message, "model server failed to start");
+            tracing::error!(model, replica = place, error = %message, "model server failed to start");
             let mut state = inner.lock();
-            fail(inner, &mut state, model, message);
+            start_failed(inner, &mut state, model, place, message);
         }
     }
 }
 
-async fn wake(inner: &Arc<Inner>, model: &str, process: ServerProcess) {
+async fn wake(inner: &Arc<Inner>, model: &str, place: Place, process: ServerProcess) {
     match process.wake(&inner.http).await {
-        Ok(()) => loaded(inner, model, process),
+        Ok(()) => loaded(inner, model, place, process),
         Err(message) => {
-            tracing::warn!(model, error = %message, "waking from sleep failed; restarting");
+            tracing::warn!(model, replica = place, error = %message, "waking from sleep failed; restarting");
             process.stop().await;
-            start(inner, model).await;
+            start(inner, model, place).await;
         }
     }
 }
 
-async fn unload(inner: &Arc<Inner>, model: &str, process: Option<ServerProcess>) {
+async fn unload(inner: &Arc<Inner>, model: &str, place: Place, process: Option<ServerProcess>) {
     let Some(process) = process else {
-        set_phase(inner, model, Phase::Unloaded, None);
+        set_phase(inner, model, place, Phase::Unloaded, None);
         return;
     };
     if inner.specs[model].sleep_mode {
         match process.sleep(&inner.http).await {
             Ok(()) => {
-                tracing::info!(model, "model server put to sleep");
-                set_phase(inner, model, Phase::Sleeping, Some(process));
+                tracing::info!(model, replica = place, "model server put to sleep");
+                set_phase(inner, model, place, Phase::Sleeping, Some(process));
                 return;
             }
-            Err(message) => tracing::warn!(model, error = %message, "sleep failed; stopping instead"),
+            Err(message) => tracing::warn!(model, replica = place, error = %message, "sleep failed; stopping instead"),
         }
     }
     process.stop().await;
-    tracing::info!(model, "model server stopped");
-    set_phase(inner, model, Phase::Unloaded, None);
+    tracing::info!(model, replica = place, "model server stopped");
+    set_phase(inner, model, place, Phase::Unloaded, None);
 }
 
-fn set_phase(inner: &Arc<Inner>, model: &str, phase: Phase, process: Option<ServerProcess>) {
+fn set_phase(inner: &Arc<Inner>, model: &str, place: Place, phase: Phase, process: Option<ServerProcess>) {
     {
         let mut state = inner.lock();
-        let slot = state.models.get_mut(model).expect("known model");
-        slot.phase = phase;
-        slot.process = process;
+        let replica = &mut state.models.get_mut(model).expect("known model").replicas[place];
+        replica.phase = phase;
+        replica.process = process;
     }
     inner.bump();
 }
 
-/// The model is up: point its backend at the process and watch for a crash.
-fn loaded(inner: &Arc<Inner>, model: &str, process: ServerProcess) {
-    if let Some(backend) = inner.registry.get(model) {
-        backend.set_base_url(&format!("{}/v1", process.root_url));
-    }
+/// The replica is up: point its backend at the process, put it in rotation,
+/// and watch for a crash.
+fn loaded(inner: &Arc<Inner>, model: &str, place: Place, process: ServerProcess) {
     let mut exited = process.exit_watch();
+    let url = format!("{}/v1", process.root_url);
     let generation = {
         let mut state = inner.lock();
         let slot = state.models.get_mut(model).expect("known model");
-        slot.generation += 1;
         slot.loads += 1;
-        slot.phase = Phase::Loaded;
-        slot.process = Some(process);
         slot.last_error = None;
         slot.idle_since = Instant::now();
-        slot.generation
+        let replica = &mut slot.replicas[place];
+        replica.generation += 1;
+        replica.phase = Phase::Loaded;
+        replica.process = Some(process);
+        replica.draining = false;
+        replica.failed_at = None;
+        if let Some(backend) = inner.registry.get(model).and_then(|pool| pool.backend(place).cloned()) {
+            backend.set_serving(&url, replica.generation);
+        }
+        replica.generation
     };
     inner.bump();
     let (inner, model) = (inner.clone(), model.to_owned());
@@ -699,33 +840,50 @@ fn loaded(inner: &Arc<Inner>, model: &str, process: ServerProcess) {
             return;
         }
         let mut state = inner.lock();
-        let slot = state.models.get_mut(&model).expect("known model");
-        if slot.generation == generation && slot.phase == Phase::Loaded {
-            tracing::warn!(model, "model server exited unexpectedly");
-            slot.phase = Phase::Crashed;
+        let replica = &mut state.models.get_mut(&model).expect("known model").replicas[place];
+        if replica.generation == generation && replica.phase == Phase::Loaded {
+            tracing::warn!(model, replica = place, "model server exited unexpectedly");
+            replica.phase = Phase::Crashed;
+            inner.mirror(&model, place, BackendState::Stopped);
             drop(state);
             inner.bump();
         }
     });
 }
 
-/// A start failed (or crashes ran out): the model is unloaded, and every
-/// batch waiting for it is told why.
-fn fail(inner: &Arc<Inner>, state: &mut MutexGuard<'_, State>, model: &str, message: String) {
+/// Replica `place` could not be started (or its crashes ran out). While
+/// another replica of the model serves or is starting, only this one is
+/// set aside (and tried again after `RETRY_FAILED_REPLICA`); otherwise the
+/// model failed: every batch waiting for it is told why.
+fn start_failed(inner: &Arc<Inner>, state: &mut MutexGuard<'_, State>, model: &str, place: Place, message: String) {
     let slot = state.models.get_mut(model).expect("known model");
-    slot.phase = Phase::Unloaded;
-    slot.failures += 1;
+    let others_alive = slot.others_alive(place);
+    let replica = &mut slot.replicas[place];
+    replica.phase = Phase::Unloaded;
+    replica.draining = false;
+    replica.failed_at = Some(Instant::now());
+    let dead = replica.process.take();
+    inner.mirror(model, place, BackendState::Stopped);
     slot.last_error = Some(message.clone());
-    let dead = slot.process.take();
+    if let Some(dead) = dead {
+        tokio::spawn(dead.stop());
+    }
+    if others_alive {
+        tracing::warn!(
+            model,
+            replica = place,
+            "replica set aside; the model runs on its other replicas"
+        );
+        inner.bump();
+        return;
+    }
+    slot.failures += 1;
     let (failed, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut state.waiting)
         .into_iter()
         .partition(|w| w.request.model == model);
     state.waiting = kept;
     for waiter in failed {
         let _ = waiter.reply.send(Err(message.clone()));
-    }
-    if let Some(dead) = dead {
-        tokio::spawn(dead.stop());
     }
     inner.bump();
 }
@@ -748,7 +906,7 @@ mod tests {
         );
         reconcile.abort();
         manager.inner.lock().models.get_mut("m").unwrap().running = 1;
-        apply(&manager.inner, Action::Unload("m".into()));
+        apply(&manager.inner, Action::Unload("m".into(), 0));
         // Before: an assert fired under the state mutex and poisoned it.
         let status = manager.status("m").expect("state still readable");
         assert_eq!(status.running_batches, 1);

@@ -19,13 +19,23 @@
 //!   waited `max_swap_delay` or comes within `urgency_margin` of its
 //!   deadline (the starvation guard). Then the loaded model drains: it takes
 //!   no new batches, finishes the ones it runs, and makes way.
+//! - Replicas: a model may run on several devices at once (`devices`, up to
+//!   `replicas`). A model with work grows into every free place it may use,
+//!   and takes the places of models without work (their idle replicas are
+//!   unloaded). Between two models with work, places are shared: one that
+//!   holds two or more replicas more than another gives one up, and a model
+//!   that has none takes one once its wait is pressing. A replica given up
+//!   drains first: it takes no new lines, and is unloaded only once its last
+//!   line in flight is done. A replica whose start failed is not started
+//!   again for `RETRY_FAILED_REPLICA` while the model runs elsewhere.
 
 use std::time::Duration;
 
 use crate::config::SchedulerConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {
+    #[default]
     Unloaded,
     Starting,
     Loaded,
@@ -43,14 +53,37 @@ impl Phase {
     }
 }
 
+/// One place a managed model's server may run (a device, or a replica
+/// without one).
+#[derive(Debug, Clone)]
+pub struct ReplicaView {
+    pub phase: Phase,
+    pub device: Option<String>,
+    /// Lines in flight on it now.
+    pub in_flight: usize,
+    /// It is making way: no new lines; unloaded once `in_flight` is 0.
+    pub draining: bool,
+    /// Its last start failed a moment ago; not started again yet.
+    pub cooling_down: bool,
+}
+
+impl ReplicaView {
+    /// Serving lines: loaded and not draining.
+    fn serving(&self) -> bool {
+        self.phase == Phase::Loaded && !self.draining
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelView {
     pub name: String,
     /// Started and stopped by batchd (`command` or `engine`); other models
     /// are always ready and take no slot.
     pub managed: bool,
-    pub phase: Phase,
-    pub device: Option<String>,
+    /// Its places, in configuration order (one for most models).
+    pub replicas: Vec<ReplicaView>,
+    /// How many of them may run at once.
+    pub max_replicas: usize,
     /// Batches holding a lease (dispatching or with lines in flight).
     pub running: usize,
     /// A batch holds the dispatch turn.
@@ -85,6 +118,40 @@ pub struct WaitView {
     pub waited: Duration,
 }
 
+impl ModelView {
+    /// Whether any of its places holds a device (or the shared GPU).
+    fn occupies(&self) -> bool {
+        self.managed && self.replicas.iter().any(|r| r.phase.occupies())
+    }
+
+    fn occupying(&self) -> usize {
+        self.replicas.iter().filter(|r| r.phase.occupies()).count()
+    }
+
+    /// Serving replicas (loaded, not draining).
+    fn serving(&self) -> usize {
+        self.replicas.iter().filter(|r| r.serving()).count()
+    }
+
+    /// Lines can be dispatched to it.
+    fn ready(&self) -> bool {
+        !self.managed || self.serving() > 0
+    }
+
+    /// No replica running, starting, stopping or crashed: it needs a first
+    /// place before it can run anything.
+    fn absent(&self) -> bool {
+        self.managed
+            && self
+                .replicas
+                .iter()
+                .all(|r| matches!(r.phase, Phase::Unloaded | Phase::Sleeping))
+    }
+}
+
+/// A model's place (its replica number).
+pub type Place = usize;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Give this batch its model's dispatch turn.
@@ -92,14 +159,16 @@ pub enum Action {
     /// The batch holding this model's turn used its quantum and a batch that
     /// goes first waits: it should stop dispatching and queue again.
     Yield(String),
-    /// Load the model (start it, or wake it from sleep).
-    Load(String),
-    /// Unload the model (stop it, or put it to sleep).
-    Unload(String),
-    /// A crashed model with work: restart it.
-    Restart(String),
-    /// A crashed model without work: forget the dead process.
-    Forget(String),
+    /// Load the model's replica (start it, or wake it from sleep).
+    Load(String, Place),
+    /// Unload the model's replica (stop it, or put it to sleep).
+    Unload(String, Place),
+    /// Stop sending lines to the replica; it is unloaded once they are done.
+    Drain(String, Place),
+    /// A crashed replica of a model with work: restart it.
+    Restart(String, Place),
+    /// A crashed replica of a model without work: forget the dead process.
+    Forget(String, Place),
 }
 
 fn is_urgent(expires_at: Option<i64>, now: i64, cfg: &SchedulerConfig) -> bool {
@@ -155,29 +224,85 @@ fn pressing(w: &WaitView, now: i64, cfg: &SchedulerConfig) -> bool {
     is_urgent(w.expires_at, now, cfg) || w.waited >= Duration::from_secs(cfg.max_swap_delay_secs)
 }
 
-/// Whether `m` could be loaded next to the `occupied` models.
-fn fits(m: &ModelView, occupied: &[&ModelView], cfg: &SchedulerConfig) -> bool {
-    occupied.len() < cfg.max_loaded_models && !occupied.iter().any(|o| o.device.is_some() && o.device == m.device)
+/// How long a replica whose start failed waits before it is started again,
+/// while its model runs on other replicas (without that, every reconcile
+/// tick would start it again).
+pub const RETRY_FAILED_REPLICA: Duration = Duration::from_secs(30);
+
+/// Which devices and how many model slots are taken, including what this
+/// plan has already decided to load.
+struct Occupancy<'a> {
+    devices: Vec<&'a str>,
+    models: Vec<&'a str>,
 }
 
-/// The occupying models that stand in `m`'s way: those on its device, or if
-/// the count is the problem, the least busy one.
-fn blockers<'a>(m: &ModelView, occupied: &[&'a ModelView], cfg: &SchedulerConfig) -> Vec<&'a ModelView> {
-    let mut out: Vec<&ModelView> = occupied
-        .iter()
-        .copied()
-        .filter(|o| o.device.is_some() && o.device == m.device)
-        .collect();
-    if occupied.len() - out.len() >= cfg.max_loaded_models {
-        let mut others: Vec<&ModelView> = occupied
+impl<'a> Occupancy<'a> {
+    fn of(models: &'a [ModelView]) -> Self {
+        let mut devices = vec![];
+        let mut loaded = vec![];
+        for m in models.iter().filter(|m| m.occupies()) {
+            loaded.push(m.name.as_str());
+            devices.extend(
+                m.replicas
+                    .iter()
+                    .filter(|r| r.phase.occupies())
+                    .filter_map(|r| r.device.as_deref()),
+            );
+        }
+        Self {
+            devices,
+            models: loaded,
+        }
+    }
+
+    /// Whether `m` may be loaded as far as `max_loaded_models` goes.
+    fn model_slot_for(&self, m: &ModelView, cfg: &SchedulerConfig) -> bool {
+        self.models.contains(&m.name.as_str()) || self.models.len() < cfg.max_loaded_models
+    }
+
+    /// `m`'s places that could start now: not running, not cooling down
+    /// after a failed start, their device free.
+    fn free_places(&self, m: &ModelView) -> Vec<Place> {
+        m.replicas
             .iter()
-            .copied()
-            .filter(|o| !out.iter().any(|b| b.name == o.name))
-            .collect();
-        others.sort_by_key(|o| (o.running, std::cmp::Reverse(o.idle_for)));
-        out.extend(others.first().copied());
+            .enumerate()
+            .filter(|(_, r)| matches!(r.phase, Phase::Unloaded | Phase::Sleeping) && !r.cooling_down)
+            .filter(|(_, r)| r.device.as_deref().is_none_or(|d| !self.devices.contains(&d)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn claim(&mut self, m: &'a ModelView, place: Place) {
+        if !self.models.contains(&m.name.as_str()) {
+            self.models.push(&m.name);
+        }
+        if let Some(device) = m.replicas[place].device.as_deref() {
+            self.devices.push(device);
+        }
+    }
+}
+
+/// The other models' replicas that sit on `m`'s devices: `(model, place)`.
+fn holders_of<'a>(m: &ModelView, models: &'a [ModelView]) -> Vec<(&'a ModelView, Place)> {
+    let mine: Vec<&str> = m.replicas.iter().filter_map(|r| r.device.as_deref()).collect();
+    let mut out = vec![];
+    for other in models.iter().filter(|o| o.managed && o.name != m.name) {
+        for (i, r) in other.replicas.iter().enumerate() {
+            if r.phase.occupies() && r.device.as_deref().is_some_and(|d| mine.contains(&d)) {
+                out.push((other, i));
+            }
+        }
     }
     out
+}
+
+/// The least busy loaded model: the one to unload when the count of loaded
+/// models (not a device) is what stands in the way.
+fn least_busy<'a>(m: &ModelView, models: &'a [ModelView]) -> Option<&'a ModelView> {
+    models
+        .iter()
+        .filter(|o| o.occupies() && o.name != m.name)
+        .min_by_key(|o| (o.running, std::cmp::Reverse(o.idle_for)))
 }
 
 pub fn plan(models: &[ModelView], waiting: &[WaitView], now: i64, cfg: &SchedulerConfig) -> Vec<Action> {
@@ -185,49 +310,60 @@ pub fn plan(models: &[ModelView], waiting: &[WaitView], now: i64, cfg: &Schedule
     let mut queue: Vec<&WaitView> = waiting.iter().collect();
     queue.sort_by_key(|w| priority(w, now, cfg));
     let model = |name: &str| models.iter().find(|m| m.name == name);
-    let occupied: Vec<&ModelView> = models.iter().filter(|m| m.managed && m.phase.occupies()).collect();
+    let queued = |name: &str| queue.iter().any(|w| w.model == name);
+    let has_work = |m: &ModelView| m.running > 0 || queued(&m.name);
 
-    // Crashed models: restart when they have work, otherwise forget them.
-    for m in models.iter().filter(|m| m.phase == Phase::Crashed) {
-        let has_work = m.running > 0 || queue.iter().any(|w| w.model == m.name);
-        actions.push(if has_work {
-            Action::Restart(m.name.clone())
-        } else {
-            Action::Forget(m.name.clone())
-        });
+    // Crashed replicas: restart when the model has work, otherwise forget them.
+    for m in models {
+        for (i, _) in m.replicas.iter().enumerate().filter(|(_, r)| r.phase == Phase::Crashed) {
+            actions.push(if has_work(m) {
+                Action::Restart(m.name.clone(), i)
+            } else {
+                Action::Forget(m.name.clone(), i)
+            });
+        }
     }
 
-    // The first managed model that waits for a slot it cannot get: if its
-    // wait is pressing, the models in its way drain.
+    let mut occupancy = Occupancy::of(models);
+    let placeable =
+        |m: &ModelView, occupancy: &Occupancy| occupancy.model_slot_for(m, cfg) && !occupancy.free_places(m).is_empty();
+
+    // The first model in the queue that has no replica at all: if its wait
+    // is pressing and it cannot be placed, what stands in its way makes room.
+    // A model with one replica in the way drains (takes no new batches); one
+    // with several gives up the replica on the waiting model's device.
     let mut draining: Vec<String> = vec![];
     let mut next_load: Option<&ModelView> = None;
     for (position, w) in queue.iter().enumerate() {
-        let Some(m) = model(&w.model) else { continue };
-        if !m.managed
-            || matches!(
-                m.phase,
-                Phase::Loaded | Phase::Starting | Phase::Crashed | Phase::Stopping
-            )
-        {
+        let Some(m) = model(&w.model).filter(|m| m.absent()) else {
             continue;
-        }
-        if next_load.is_some_and(|n| n.name == m.name) {
-            continue;
-        }
-        if next_load.is_none() {
-            next_load = Some(m);
-            if !fits(m, &occupied, cfg) && pressing(w, now, cfg) {
-                // A blocker that has a batch queued ahead of this one runs it
-                // first (FIFO needs no swap for that); it drains only once
-                // this batch is the oldest thing it stands in front of.
-                let ahead = |b: &ModelView| queue[..position].iter().any(|q| q.model == b.name);
-                draining = blockers(m, &occupied, cfg)
+        };
+        next_load = Some(m);
+        if !placeable(m, &occupancy) && pressing(w, now, cfg) {
+            // A blocker that has a batch queued ahead of this one runs it
+            // first (FIFO needs no swap for that); it makes room only once
+            // this batch is the oldest thing it stands in front of.
+            let ahead = |b: &ModelView| queue[..position].iter().any(|q| q.model == b.name);
+            if !occupancy.model_slot_for(m, cfg) {
+                draining.extend(least_busy(m, models).filter(|b| !ahead(b)).map(|b| b.name.clone()));
+            } else {
+                let holders = holders_of(m, models);
+                if let Some((b, place)) = holders
                     .iter()
-                    .filter(|b| !ahead(b))
-                    .map(|b| b.name.clone())
-                    .collect();
+                    .filter(|(b, _)| !ahead(b) && has_work(b))
+                    .max_by_key(|(b, _)| b.serving())
+                {
+                    if b.serving() >= 2 {
+                        if !b.replicas.iter().any(|r| r.draining) && b.replicas[*place].serving() {
+                            actions.push(Action::Drain(b.name.clone(), *place));
+                        }
+                    } else {
+                        draining.push(b.name.clone());
+                    }
+                }
             }
         }
+        break;
     }
 
     // Dispatch turns: for every ready model that is not draining and has no
@@ -235,8 +371,7 @@ pub fn plan(models: &[ModelView], waiting: &[WaitView], now: i64, cfg: &Schedule
     let mut granted: Vec<&str> = vec![];
     for w in &queue {
         let Some(m) = model(&w.model) else { continue };
-        let ready = !m.managed || m.phase == Phase::Loaded;
-        if ready && !m.dispatching && !draining.contains(&m.name) && !granted.contains(&m.name.as_str()) {
+        if m.ready() && !m.dispatching && !draining.contains(&m.name) && !granted.contains(&m.name.as_str()) {
             granted.push(&m.name);
             let next = queue
                 .iter()
@@ -254,22 +389,85 @@ pub fn plan(models: &[ModelView], waiting: &[WaitView], now: i64, cfg: &Schedule
         }
     }
 
-    // Loading the next model: unload idle models in its way, then load it.
+    // A model with no work (or draining for another) whose replicas are all
+    // loaded and idle can make way at once.
+    let is_idle = |b: &ModelView| {
+        b.running == 0
+            && b.replicas
+                .iter()
+                .all(|r| !r.phase.occupies() || r.phase == Phase::Loaded)
+            && !granted.contains(&b.name.as_str())
+            && (draining.contains(&b.name) || !queued(&b.name))
+    };
+
+    // Loading the next model: into its free places, or unload idle models
+    // in its way first.
     if let Some(m) = next_load {
-        let is_idle = |b: &ModelView| {
-            b.phase == Phase::Loaded
-                && b.running == 0
-                && !granted.contains(&b.name.as_str())
-                && (draining.contains(&b.name) || !queue.iter().any(|w| w.model == b.name))
-        };
-        if fits(m, &occupied, cfg) {
-            actions.push(Action::Load(m.name.clone()));
-        } else {
-            let in_way = blockers(m, &occupied, cfg);
-            if !in_way.is_empty() && in_way.iter().all(|b| is_idle(b)) {
-                for b in in_way {
-                    actions.push(Action::Unload(b.name.clone()));
+        if placeable(m, &occupancy) {
+            for place in occupancy.free_places(m).into_iter().take(m.max_replicas) {
+                actions.push(Action::Load(m.name.clone(), place));
+                occupancy.claim(m, place);
+            }
+        } else if !occupancy.model_slot_for(m, cfg) {
+            if let Some(b) = least_busy(m, models).filter(|b| is_idle(b)) {
+                for (i, _) in b.replicas.iter().enumerate().filter(|(_, r)| r.phase == Phase::Loaded) {
+                    actions.push(Action::Unload(b.name.clone(), i));
                 }
+            }
+        } else {
+            for (b, place) in holders_of(m, models)
+                .into_iter()
+                .filter(|(b, place)| is_idle(b) && b.replicas[*place].phase == Phase::Loaded)
+                .take(m.max_replicas)
+            {
+                actions.push(Action::Unload(b.name.clone(), place));
+            }
+        }
+    }
+
+    // Models running with work grow into free places, take the places of
+    // idle models, and share places with other busy models. The one with
+    // the fewest replicas goes first: a place another model gave up is for
+    // the model it was given up for, not the one that just drained it.
+    let mut growing: Vec<&ModelView> = models
+        .iter()
+        .filter(|m| m.occupies() && has_work(m) && !draining.contains(&m.name))
+        .collect();
+    growing.sort_by_key(|m| (m.occupying(), m.name.as_str()));
+    for m in growing {
+        let mut want = m.max_replicas.saturating_sub(m.occupying());
+        for place in occupancy.free_places(m).into_iter().take(want) {
+            actions.push(Action::Load(m.name.clone(), place));
+            occupancy.claim(m, place);
+            want -= 1;
+        }
+        if want == 0 {
+            continue;
+        }
+        let holders = holders_of(m, models);
+        for (b, place) in holders
+            .iter()
+            .filter(|(b, place)| is_idle(b) && b.replicas[*place].phase == Phase::Loaded)
+            .take(want)
+        {
+            actions.push(Action::Unload(b.name.clone(), *place));
+        }
+        // Two or more replicas more than this model: the other gives one up.
+        if let Some((b, place)) = holders.iter().find(|(b, place)| {
+            has_work(b)
+                && b.serving() >= m.occupying() + 2
+                && b.replicas[*place].serving()
+                && !b.replicas.iter().any(|r| r.draining)
+        }) {
+            actions.push(Action::Drain(b.name.clone(), *place));
+        }
+    }
+
+    // A drained replica with nothing left in flight is unloaded.
+    for m in models {
+        for (i, r) in m.replicas.iter().enumerate() {
+            if r.draining && r.phase == Phase::Loaded && r.in_flight == 0 {
+                actions.push(Action::Unload(m.name.clone(), i));
             }
         }
     }
@@ -278,295 +476,29 @@ pub fn plan(models: &[ModelView], waiting: &[WaitView], now: i64, cfg: &Schedule
     if cfg.idle_unload_secs > 0 {
         for m in models {
             if m.managed
-                && m.phase == Phase::Loaded
                 && m.running == 0
                 && m.idle_for >= Duration::from_secs(cfg.idle_unload_secs)
-                && !queue.iter().any(|w| w.model == m.name)
-                && !actions.contains(&Action::Unload(m.name.clone()))
+                && !queued(&m.name)
             {
-                actions.push(Action::Unload(m.name.clone()));
+                for (i, r) in m.replicas.iter().enumerate() {
+                    if r.phase == Phase::Loaded {
+                        actions.push(Action::Unload(m.name.clone(), i));
+                    }
+                }
             }
         }
     }
+    let mut seen = vec![];
+    actions.retain(|a| {
+        let new = !seen.contains(a);
+        if new {
+            seen.push(a.clone());
+        }
+        new
+    });
     actions
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg() -> SchedulerConfig {
-        SchedulerConfig {
-            max_loaded_models: 1,
-            idle_unload_secs: 0,
-            max_swap_delay_secs: 60,
-            urgency_margin_secs: 600,
-            max_restarts: 3,
-            turn_quantum_secs: 60,
-        }
-    }
-
-    fn model(name: &str, phase: Phase, running: usize) -> ModelView {
-        ModelView {
-            name: name.into(),
-            managed: true,
-            phase,
-            device: None,
-            running,
-            dispatching: running > 0,
-            turn: None,
-            idle_for: Duration::ZERO,
-        }
-    }
-
-    fn wait(id: &str, model: &str, created_at: i64, waited_secs: u64) -> WaitView {
-        WaitView {
-            batch_id: id.into(),
-            model: model.into(),
-            project: "p".into(),
-            project_last_turn: 0,
-            created_at,
-            expires_at: Some(created_at + 86_400),
-            waited: Duration::from_secs(waited_secs),
-        }
-    }
-
-    #[test]
-    fn an_unloaded_model_with_work_is_loaded_when_the_slot_is_free() {
-        let models = [model("a", Phase::Unloaded, 0)];
-        let actions = plan(&models, &[wait("b1", "a", 10, 0)], 100, &cfg());
-        assert_eq!(actions, vec![Action::Load("a".into())]);
-    }
-
-    #[test]
-    fn the_loaded_model_keeps_taking_its_own_batches_until_another_waited_long_enough() {
-        let models = [model("a", Phase::Loaded, 0), model("b", Phase::Unloaded, 0)];
-        // b waited 10 s (< 60): collation, a takes its next batch even though b's is older.
-        let waiting = [wait("b1", "b", 5, 10), wait("a2", "a", 20, 1)];
-        assert_eq!(plan(&models, &waiting, 100, &cfg()), vec![Action::Grant("a2".into())]);
-        // b waited 61 s: a drains, and being idle, is unloaded to make way.
-        let waiting = [wait("b1", "b", 5, 61), wait("a2", "a", 20, 1)];
-        assert_eq!(plan(&models, &waiting, 100, &cfg()), vec![Action::Unload("a".into())]);
-    }
-
-    #[test]
-    fn with_no_swap_delay_the_queue_is_fifo_and_does_not_ping_pong() {
-        let mut config = cfg();
-        config.max_swap_delay_secs = 0;
-        let models = [model("a", Phase::Loaded, 0), model("b", Phase::Unloaded, 0)];
-        // a's batch is first in line: a runs it rather than swapping away.
-        let waiting = [wait("a1", "a", 1, 0), wait("b1", "b", 2, 0), wait("a2", "a", 3, 0)];
-        assert_eq!(plan(&models, &waiting, 100, &config), vec![Action::Grant("a1".into())]);
-        // With a1 gone, b1 is first: a drains instead of taking a2.
-        let waiting = [wait("b1", "b", 2, 0), wait("a2", "a", 3, 0)];
-        assert_eq!(plan(&models, &waiting, 100, &config), vec![Action::Unload("a".into())]);
-    }
-
-    #[test]
-    fn a_model_with_a_batch_running_is_never_unloaded() {
-        let models = [model("a", Phase::Loaded, 1), model("b", Phase::Unloaded, 0)];
-        let waiting = [wait("b1", "b", 5, 1000), wait("a2", "a", 20, 1)];
-        // a drains (no grant for a2) but is not unloaded while b1... waits.
-        assert_eq!(plan(&models, &waiting, 100, &cfg()), vec![]);
-    }
-
-    #[test]
-    fn an_urgent_batch_jumps_the_queue() {
-        let models = [model("a", Phase::Loaded, 0), model("b", Phase::Unloaded, 0)];
-        let mut urgent = wait("b1", "b", 50, 0);
-        urgent.expires_at = Some(150);
-        let waiting = [wait("a1", "a", 10, 0), urgent];
-        assert_eq!(plan(&models, &waiting, 100, &cfg()), vec![Action::Unload("a".into())]);
-    }
-
-    #[test]
-    fn batches_of_one_model_take_turns_in_fifo_order() {
-        let mut a = model("a", Phase::Loaded, 0);
-        let waiting = [wait("late", "a", 30, 0), wait("early", "a", 10, 0)];
-        assert_eq!(
-            plan(&[a.clone()], &waiting, 100, &cfg()),
-            vec![Action::Grant("early".into())]
-        );
-        a.dispatching = true;
-        a.running = 1;
-        assert_eq!(plan(&[a], &waiting, 100, &cfg()), vec![]);
-    }
-
-    #[test]
-    fn models_on_different_devices_load_side_by_side() {
-        let mut config = cfg();
-        config.max_loaded_models = 2;
-        let mut a = model("a", Phase::Loaded, 1);
-        a.device = Some("gpu0".into());
-        let mut b = model("b", Phase::Unloaded, 0);
-        b.device = Some("gpu1".into());
-        let mut c = model("c", Phase::Unloaded, 0);
-        c.device = Some("gpu0".into());
-        let waiting = [wait("b1", "b", 10, 0)];
-        assert_eq!(
-            plan(&[a.clone(), b.clone()], &waiting, 100, &config),
-            vec![Action::Load("b".into())]
-        );
-        // c shares a's device: it waits while a runs.
-        let waiting = [wait("c1", "c", 10, 0)];
-        assert_eq!(plan(&[a, c], &waiting, 100, &config), vec![]);
-    }
-
-    #[test]
-    fn unmanaged_models_are_always_ready_and_take_no_slot() {
-        let mut remote = model("r", Phase::Unloaded, 0);
-        remote.managed = false;
-        let models = [model("a", Phase::Loaded, 1), remote];
-        let waiting = [wait("r1", "r", 10, 0)];
-        assert_eq!(plan(&models, &waiting, 100, &cfg()), vec![Action::Grant("r1".into())]);
-    }
-
-    #[test]
-    fn crashed_models_restart_only_with_work_and_idle_ones_unload() {
-        let mut config = cfg();
-        config.idle_unload_secs = 30;
-        let mut idle = model("i", Phase::Loaded, 0);
-        idle.idle_for = Duration::from_secs(31);
-        let models = [model("c", Phase::Crashed, 1), model("d", Phase::Crashed, 0), idle];
-        assert_eq!(
-            plan(&models, &[], 100, &config),
-            vec![
-                Action::Restart("c".into()),
-                Action::Forget("d".into()),
-                Action::Unload("i".into())
-            ]
-        );
-    }
-
-    /// A waiting batch of `project`, whose last turn on the model was `last_turn`.
-    fn wait_of(id: &str, project: &str, last_turn: u64, created_at: i64) -> WaitView {
-        WaitView {
-            project: project.into(),
-            project_last_turn: last_turn,
-            ..wait(id, "a", created_at, 0)
-        }
-    }
-
-    /// Model `a`, loaded, with a batch created at `created_at` holding turn
-    /// number `seq` for `held_secs`.
-    fn holding(created_at: i64, seq: u64, held_secs: u64) -> ModelView {
-        let mut a = model("a", Phase::Loaded, 1);
-        a.turn = Some(TurnView {
-            created_at,
-            expires_at: Some(created_at + 86_400),
-            seq,
-            held_for: Duration::from_secs(held_secs),
-        });
-        a
-    }
-
-    /// Runs model `a` the way the manager does, every turn to the batch's
-    /// end: grants the planned batch, numbers the turn, and removes the batch
-    /// from the queue. Returns the projects in the order they got turns.
-    fn turn_order(mut queue: Vec<WaitView>) -> Vec<String> {
-        let mut order = vec![];
-        let mut last_turn: std::collections::HashMap<String, u64> = Default::default();
-        for seq in 1.. {
-            for w in &mut queue {
-                w.project_last_turn = last_turn.get(&w.project).copied().unwrap_or(0);
-            }
-            let actions = plan(&[model("a", Phase::Loaded, 0)], &queue, 100, &cfg());
-            let Some(Action::Grant(id)) = actions.first() else {
-                break;
-            };
-            let i = queue.iter().position(|w| &w.batch_id == id).unwrap();
-            let granted = queue.remove(i);
-            last_turn.insert(granted.project.clone(), seq);
-            order.push(granted.project);
-        }
-        order
-    }
-
-    #[test]
-    fn projects_take_turns_round_robin_and_a_big_queue_does_not_hold_the_model() {
-        // p1 queued five batches before p2 and p3 queued theirs.
-        let mut queue: Vec<WaitView> = (0..5).map(|i| wait_of(&format!("p1-{i}"), "p1", 0, i)).collect();
-        queue.push(wait_of("p2-0", "p2", 0, 10));
-        queue.push(wait_of("p2-1", "p2", 0, 11));
-        queue.push(wait_of("p3-0", "p3", 0, 12));
-        assert_eq!(turn_order(queue), ["p1", "p2", "p3", "p1", "p2", "p1", "p1", "p1"]);
-    }
-
-    #[test]
-    fn within_a_project_batches_keep_their_fifo_order() {
-        let queue = vec![wait_of("late", "p1", 3, 30), wait_of("early", "p1", 3, 10)];
-        let models = [model("a", Phase::Loaded, 0)];
-        assert_eq!(plan(&models, &queue, 100, &cfg()), vec![Action::Grant("early".into())]);
-    }
-
-    #[test]
-    fn the_project_whose_last_turn_is_oldest_goes_next_even_with_younger_batches() {
-        // p1 just had turn 7; p2 last had turn 4, its batch is the youngest.
-        let queue = vec![wait_of("p1-old", "p1", 7, 1), wait_of("p2-new", "p2", 4, 50)];
-        let models = [model("a", Phase::Loaded, 0)];
-        assert_eq!(plan(&models, &queue, 100, &cfg()), vec![Action::Grant("p2-new".into())]);
-    }
-
-    #[test]
-    fn an_urgent_batch_gets_the_next_turn_whatever_its_project() {
-        // p1 just had its turn, but its batch is near expiry: it goes before p2.
-        let mut urgent = wait_of("p1-urgent", "p1", 9, 1);
-        urgent.expires_at = Some(150);
-        let queue = vec![wait_of("p2", "p2", 0, 5), urgent];
-        let models = [model("a", Phase::Loaded, 0)];
-        assert_eq!(
-            plan(&models, &queue, 100, &cfg()),
-            vec![Action::Grant("p1-urgent".into())]
-        );
-    }
-
-    #[test]
-    fn a_turn_past_its_quantum_yields_when_another_project_waits() {
-        // The holder (turn 3) has dispatched for 61 s (quantum 60); p2 waits.
-        let queue = [wait_of("p2", "p2", 1, 50)];
-        assert_eq!(
-            plan(&[holding(10, 3, 61)], &queue, 100, &cfg()),
-            vec![Action::Yield("a".into())]
-        );
-    }
-
-    #[test]
-    fn a_turn_is_not_cut_before_its_quantum() {
-        let queue = [wait_of("p2", "p2", 1, 50)];
-        assert_eq!(plan(&[holding(10, 3, 59)], &queue, 100, &cfg()), vec![]);
-    }
-
-    #[test]
-    fn a_turn_is_not_cut_for_younger_batches_of_its_own_project() {
-        // Same project (its last turn is this one, 3): a lone tenant's batch runs whole.
-        let queue = [wait_of("mine-later", "p1", 3, 50)];
-        assert_eq!(plan(&[holding(10, 3, 10_000)], &queue, 100, &cfg()), vec![]);
-    }
-
-    #[test]
-    fn an_urgent_turn_is_not_cut_for_a_batch_that_is_not_urgent() {
-        let mut a = holding(10, 3, 10_000);
-        a.turn.as_mut().unwrap().expires_at = Some(150);
-        let queue = [wait_of("p2", "p2", 1, 50)];
-        assert_eq!(plan(&[a], &queue, 100, &cfg()), vec![]);
-    }
-
-    #[test]
-    fn a_turn_past_its_quantum_yields_to_an_urgent_batch_of_its_own_project() {
-        let mut urgent = wait_of("mine-urgent", "p1", 3, 50);
-        urgent.expires_at = Some(150);
-        assert_eq!(
-            plan(&[holding(10, 3, 61)], &[urgent], 100, &cfg()),
-            vec![Action::Yield("a".into())]
-        );
-    }
-
-    #[test]
-    fn a_yielded_batch_queues_behind_the_project_it_yielded_to() {
-        // After yielding, the holder (p1, turn 3) waits next to p2 (turn 1):
-        // p2 gets the turn, so a yield never hands the turn straight back.
-        let queue = [wait_of("p1-yielded", "p1", 3, 10), wait_of("p2", "p2", 1, 50)];
-        let models = [model("a", Phase::Loaded, 0)];
-        assert_eq!(plan(&models, &queue, 100, &cfg()), vec![Action::Grant("p2".into())]);
-    }
-}
+#[path = "policy_tests.rs"]
+mod tests;

@@ -31,6 +31,8 @@ pub struct LaunchSpec {
     pub stop_command: Option<String>,
     pub stop_grace: Duration,
     pub log_path: PathBuf,
+    /// The device this replica runs on (already filled into `args` and `env`).
+    pub device: Option<String>,
 }
 
 /// A running, healthy model server.
