@@ -89,3 +89,15 @@ pub fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// User input echoed in an error message, cut to 64 characters: echoing it
+/// helps the client, but a message must not grow with what was sent. Here,
+/// beside the error type, because services and the HTTP edge both write
+/// such messages.
+pub fn truncate(s: &str) -> String {
+    if s.chars().count() > 64 {
+        format!("{}...", s.chars().take(64).collect::<String>())
+    } else {
+        s.to_owned()
+    }
+}

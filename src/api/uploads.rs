@@ -15,6 +15,7 @@ use super::fields::{missing, required_string, whole_number};
 use super::files::{clean_filename, malformed};
 use super::project::Project;
 use super::wire::FileObject;
+use crate::error::truncate;
 use crate::files::Purpose;
 use crate::files::record::MAX_EXPIRES_AFTER_SECS;
 use crate::files::uploads::NewUpload;
@@ -75,10 +76,7 @@ pub async fn create(State(app): State<AppState>, Project(project_id): Project, b
     let purpose_text = required_string(&map, "purpose")?;
     let purpose = Purpose::parse_uploadable(purpose_text).ok_or_else(|| {
         ApiError::bad_request(
-            format!(
-                "Invalid value for 'purpose': '{}'.",
-                super::query::truncate(purpose_text)
-            ),
+            format!("Invalid value for 'purpose': '{}'.", truncate(purpose_text)),
             Some("purpose"),
             Some("invalid_value"),
         )

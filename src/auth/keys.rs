@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, truncate};
 use crate::ids;
 use crate::store::Store;
 
@@ -131,7 +131,7 @@ impl KeyService {
             .revoke_key(id, ids::now())
             .await?
             .ok_or_else(|| Error::NotFound {
-                message: format!("No API key found with id '{}'.", crate::api::query::truncate(id)),
+                message: format!("No API key found with id '{}'.", truncate(id)),
                 param: Some("key_id"),
             })?;
         tracing::info!(key_id = %key.id, "API key revoked");

@@ -14,7 +14,7 @@ use md5::{Digest, Md5};
 use super::blobs::{BlobError, Blobs};
 use super::record::{DEFAULT_BATCH_FILE_TTL_SECS, FileRecord, Purpose};
 use super::service::{FileService, blob_error};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, truncate};
 use crate::ids;
 use crate::store::{PartAdmission, Store, UploadPart, UploadRecord};
 
@@ -70,7 +70,7 @@ fn over_declared(declared: i64, stored: i64) -> Error {
 
 fn not_found(id: &str) -> Error {
     Error::NotFound {
-        message: format!("No such Upload object: {}", crate::api::query::truncate(id)),
+        message: format!("No such Upload object: {}", truncate(id)),
         param: Some("upload_id"),
     }
 }
@@ -268,10 +268,7 @@ impl UploadService {
         for id in part_ids {
             let part = parts.get(id).filter(|_| seen.insert(id.as_str())).ok_or_else(|| {
                 Error::invalid(
-                    format!(
-                        "'{}' is not a part of this upload, or is listed twice.",
-                        crate::api::query::truncate(id)
-                    ),
+                    format!("'{}' is not a part of this upload, or is listed twice.", truncate(id)),
                     Some("part_ids"),
                     Some("invalid_value"),
                 )
