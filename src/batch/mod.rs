@@ -10,6 +10,7 @@ pub mod lines;
 pub mod output_line;
 pub mod record;
 pub mod request_line;
+pub mod response_usage;
 pub mod result_writer;
 pub mod runner;
 pub mod service;

@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
+use super::response_usage::parse_object_usage;
 use crate::backends::Outcome;
-use crate::backends::usage::parse_object_usage;
 use crate::batch::record::Usage;
 use crate::ids;
 

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::batch::record::Usage;
+use super::record::Usage;
 
 #[derive(Deserialize, Default)]
 struct Body {
