@@ -1,5 +1,5 @@
 //! The error type of batchd's services. The HTTP layer turns each kind into
-//! OpenAI's envelope through one table (`api::error`); nothing else decides a
+//! OpenAI's envelope through one table (`openai_error`); nothing else decides a
 //! status code.
 
 /// Why an operation asked of a service did not happen.

@@ -22,6 +22,7 @@ pub mod http_client;
 pub mod ids;
 pub mod metrics;
 pub mod models;
+pub mod openai_error;
 pub mod server;
 pub mod store;
 pub mod testing;

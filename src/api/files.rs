@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
 use super::fields::{missing, parse_whole_number};
 use super::project::Project;
 use super::query::Params;
@@ -18,6 +17,7 @@ use crate::error::truncate;
 use crate::files::record::MAX_EXPIRES_AFTER_SECS;
 use crate::files::service::{NewFile, StagedFile};
 use crate::files::{FileRecord, Purpose};
+use crate::openai_error::{ApiError, ApiResult};
 use crate::store::{FileListQuery, Order};
 
 /// Largest accepted non-file form field (`purpose`, `expires_after[...]`).

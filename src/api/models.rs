@@ -33,7 +33,7 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /metrics`: Prometheus text format (see `crate::metrics`).
-pub async fn metrics(State(app): State<AppState>) -> Result<String, super::error::ApiError> {
+pub async fn metrics(State(app): State<AppState>) -> Result<String, crate::openai_error::ApiError> {
     let models = app
         .models
         .names()

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 
-use super::error::ApiError;
 use crate::error::truncate;
+use crate::openai_error::ApiError;
 
 /// The raw query parameters; typed accessors below report bad values.
 pub struct Params(HashMap<String, String>);

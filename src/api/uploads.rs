@@ -10,7 +10,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
 use super::fields::{missing, required_string, whole_number};
 use super::files::{clean_filename, malformed};
 use super::project::Project;
@@ -19,6 +18,7 @@ use crate::error::truncate;
 use crate::files::Purpose;
 use crate::files::record::MAX_EXPIRES_AFTER_SECS;
 use crate::files::uploads::NewUpload;
+use crate::openai_error::{ApiError, ApiResult};
 use crate::store::{UploadPart, UploadRecord};
 
 #[derive(Serialize)]
