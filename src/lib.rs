@@ -14,6 +14,7 @@ pub mod auth;
 pub mod backends;
 pub mod batch;
 pub mod config;
+pub mod domain;
 #[cfg(feature = "engine")]
 pub mod engine;
 pub mod error;

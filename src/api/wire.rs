@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::batch::record::{BatchError, BatchRecord, RequestCounts};
+use crate::domain::{BatchError, BatchRecord, RequestCounts};
 use crate::files::FileRecord;
 use crate::store::Page;
 

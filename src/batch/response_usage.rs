@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::record::Usage;
+use crate::domain::Usage;
 
 #[derive(Deserialize, Default)]
 struct Body {

@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use super::endpoint::Endpoint;
-use super::record::BatchRecord;
 use super::supervisor::Supervisor;
+use crate::domain::{BatchRecord, Endpoint};
 use crate::error::{Error, Result};
 use crate::files::Purpose;
 use crate::ids;

@@ -7,8 +7,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 
 use crate::auth::ApiKey;
-use crate::batch::record::{BatchError, BatchRecord, Usage};
-use crate::batch::status::BatchStatus;
+use crate::domain::{BatchError, BatchRecord, BatchStatus, Usage};
 use crate::error::Result;
 use crate::files::FileRecord;
 

@@ -7,8 +7,7 @@ use super::decode::{column, counter};
 use super::files::insert_file;
 use super::results::delete_results;
 use super::write_tx::WriteTx;
-use crate::batch::record::{BatchError, BatchRecord, RequestCounts, Usage};
-use crate::batch::status::BatchStatus;
+use crate::domain::{BatchError, BatchRecord, BatchStatus, RequestCounts, Usage};
 use crate::error::{Error, Result};
 use crate::store::{BatchIntents, BatchRepo, CancelOutcome, FinishedFile, Page, ResultFileKind, StartOutcome};
 

@@ -1,0 +1,17 @@
+//! The records batchd keeps and the values they are made of: batches and
+//! their status machine, token usage, endpoints. Services and the store
+//! both speak in these types, so they live below both.
+//!
+//! `domain` depends on nothing else in the crate (only std, serde and
+//! serde_json): a store implementation can use it without pulling in the
+//! services, the worker or the HTTP edge. `tests/boundaries.rs` checks this.
+
+mod batch;
+mod batch_status;
+mod endpoint;
+mod usage;
+
+pub use batch::{BatchError, BatchRecord, RequestCounts};
+pub use batch_status::BatchStatus;
+pub use endpoint::Endpoint;
+pub use usage::Usage;
