@@ -13,9 +13,8 @@ use super::query::Params;
 use super::wire::{BatchObject, ListEnvelope};
 use crate::batch::service::NewBatch;
 use crate::config::window_seconds;
-use crate::domain::{BatchRecord, Endpoint};
+use crate::domain::{BatchRecord, Endpoint, MAX_EXPIRES_AFTER_SECS};
 use crate::error::truncate;
-use crate::files::record::MAX_EXPIRES_AFTER_SECS;
 use crate::openai_error::{ApiError, ApiResult};
 
 const MAX_METADATA_PAIRS: usize = 16;

@@ -14,9 +14,8 @@ use super::fields::{missing, required_string, whole_number};
 use super::files::{clean_filename, malformed};
 use super::project::Project;
 use super::wire::FileObject;
+use crate::domain::{FileRecord, MAX_EXPIRES_AFTER_SECS, Purpose};
 use crate::error::truncate;
-use crate::files::Purpose;
-use crate::files::record::MAX_EXPIRES_AFTER_SECS;
 use crate::files::uploads::NewUpload;
 use crate::openai_error::{ApiError, ApiResult};
 use crate::store::{UploadPart, UploadRecord};
@@ -34,7 +33,7 @@ struct UploadObject<'a> {
     file: Option<FileObject<'a>>,
 }
 
-fn upload_json(upload: &UploadRecord, file: Option<&crate::files::FileRecord>) -> Json<Value> {
+fn upload_json(upload: &UploadRecord, file: Option<&FileRecord>) -> Json<Value> {
     Json(
         serde_json::to_value(UploadObject {
             id: &upload.id,

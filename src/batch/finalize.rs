@@ -8,11 +8,9 @@ use super::input::{InputError, input_reader, recover_custom_id, unreadable_error
 use super::output_line;
 use super::request_line::parse_line;
 use super::runner::result;
-use crate::domain::{BatchError, BatchRecord, BatchStatus, Endpoint};
+use crate::domain::{BatchError, BatchRecord, BatchStatus, DEFAULT_BATCH_FILE_TTL_SECS, Endpoint, FileRecord, Purpose};
 use crate::error::{Error, Result};
 use crate::files::blobs::BlobError;
-use crate::files::record::DEFAULT_BATCH_FILE_TTL_SECS;
-use crate::files::{FileRecord, Purpose};
 use crate::ids;
 use crate::store::{FinishedFile, ResultFileKind};
 

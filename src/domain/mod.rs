@@ -1,5 +1,5 @@
 //! The records batchd keeps and the values they are made of: batches and
-//! their status machine, token usage, endpoints. Services and the store
+//! their status machine, token usage, endpoints, files, pages of lists. Services and the store
 //! both speak in these types, so they live below both.
 //!
 //! `domain` depends on nothing else in the crate (only std, serde and
@@ -9,9 +9,13 @@
 mod batch;
 mod batch_status;
 mod endpoint;
+mod file;
+mod page;
 mod usage;
 
 pub use batch::{BatchError, BatchRecord, RequestCounts};
 pub use batch_status::BatchStatus;
 pub use endpoint::Endpoint;
+pub use file::{DEFAULT_BATCH_FILE_TTL_SECS, FileListQuery, FileRecord, MAX_EXPIRES_AFTER_SECS, Purpose};
+pub use page::{Order, Page};
 pub use usage::Usage;

@@ -12,8 +12,8 @@ use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
 use super::blobs::{BlobError, Blobs};
-use super::record::{DEFAULT_BATCH_FILE_TTL_SECS, FileRecord, Purpose};
 use super::service::{FileService, blob_error};
+use crate::domain::{DEFAULT_BATCH_FILE_TTL_SECS, FileRecord, Purpose};
 use crate::error::{Error, Result, truncate};
 use crate::ids;
 use crate::store::{PartAdmission, Store, UploadPart, UploadRecord};

@@ -7,30 +7,8 @@ pub mod sqlite;
 use async_trait::async_trait;
 
 use crate::auth::ApiKey;
-use crate::domain::{BatchError, BatchRecord, BatchStatus, Usage};
+use crate::domain::{BatchError, BatchRecord, BatchStatus, FileListQuery, FileRecord, Page, Usage};
 use crate::error::Result;
-use crate::files::FileRecord;
-
-/// One page of a cursor-paginated list.
-#[derive(Debug)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub has_more: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    Asc,
-    Desc,
-}
-
-#[derive(Debug, Clone)]
-pub struct FileListQuery {
-    pub purpose: Option<String>,
-    pub after: Option<String>,
-    pub limit: u32,
-    pub order: Order,
-}
 
 #[async_trait]
 pub trait FileRepo: Send + Sync {

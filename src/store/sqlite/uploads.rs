@@ -7,8 +7,8 @@ use super::SqliteStore;
 use super::decode::column;
 use super::files::insert_file;
 use super::write_tx::WriteTx;
+use crate::domain::FileRecord;
 use crate::error::Result;
-use crate::files::FileRecord;
 use crate::store::{PartAdmission, UploadPart, UploadRecord, UploadRepo};
 
 const COLUMNS: &str =
