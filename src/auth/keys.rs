@@ -5,22 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use crate::domain::ApiKey;
 use crate::error::{Error, Result, truncate};
 use crate::ids;
 use crate::store::Store;
-
-/// A stored key, without its secret.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ApiKey {
-    pub id: String,
-    pub project_id: String,
-    pub name: String,
-    /// `sk-batchd-1234…cdef`: enough to recognise a key, not to use it.
-    pub redacted: String,
-    pub admin: bool,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
-}
 
 /// A key just created: the secret exists only here.
 #[derive(Debug, Clone, serde::Serialize)]

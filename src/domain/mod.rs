@@ -1,11 +1,13 @@
 //! The records batchd keeps and the values they are made of: batches and
-//! their status machine, token usage, endpoints, files, pages of lists. Services and the store
-//! both speak in these types, so they live below both.
+//! their status machine, token usage, endpoints, files, API keys, pages of
+//! lists. Services and the store both speak in these types, so they live
+//! below both.
 //!
 //! `domain` depends on nothing else in the crate (only std, serde and
 //! serde_json): a store implementation can use it without pulling in the
 //! services, the worker or the HTTP edge. `tests/boundaries.rs` checks this.
 
+mod api_key;
 mod batch;
 mod batch_status;
 mod endpoint;
@@ -13,6 +15,7 @@ mod file;
 mod page;
 mod usage;
 
+pub use api_key::ApiKey;
 pub use batch::{BatchError, BatchRecord, RequestCounts};
 pub use batch_status::BatchStatus;
 pub use endpoint::Endpoint;

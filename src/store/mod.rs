@@ -6,8 +6,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::auth::ApiKey;
-use crate::domain::{BatchError, BatchRecord, BatchStatus, FileListQuery, FileRecord, Page, Usage};
+use crate::domain::{ApiKey, BatchError, BatchRecord, BatchStatus, FileListQuery, FileRecord, Page, Usage};
 use crate::error::Result;
 
 #[async_trait]
