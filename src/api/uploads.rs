@@ -14,11 +14,10 @@ use super::fields::{missing, required_string, whole_number};
 use super::files::{clean_filename, malformed};
 use super::project::Project;
 use super::wire::FileObject;
-use crate::domain::{FileRecord, MAX_EXPIRES_AFTER_SECS, Purpose};
+use crate::domain::{FileRecord, MAX_EXPIRES_AFTER_SECS, Purpose, UploadPart, UploadRecord};
 use crate::error::truncate;
 use crate::files::uploads::NewUpload;
 use crate::openai_error::{ApiError, ApiResult};
-use crate::store::{UploadPart, UploadRecord};
 
 #[derive(Serialize)]
 struct UploadObject<'a> {
@@ -43,7 +42,7 @@ fn upload_json(upload: &UploadRecord, file: Option<&FileRecord>) -> Json<Value> 
             expires_at: upload.expires_at,
             filename: &upload.filename,
             purpose: &upload.purpose,
-            status: &upload.status,
+            status: upload.status.as_str(),
             file: file.map(FileObject::from),
         })
         .expect("serializable"),
