@@ -34,6 +34,21 @@ pub struct WebhookConfig {
     pub secret: String,
 }
 
+/// The HMAC key a webhook `secret` stands for: the base64 after `whsec_`, or
+/// the secret's UTF-8 bytes if the prefix is absent (as the SDKs do). Here
+/// rather than in `webhooks`, so that checking a configuration needs nothing
+/// that depends on the configuration.
+pub fn webhook_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .filter(|k| !k.is_empty()),
+        None => (!secret.is_empty()).then(|| secret.as_bytes().to_vec()),
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookDeliveryConfig {
@@ -373,6 +388,19 @@ fn default_stop_signal() -> String {
     "SIGTERM".into()
 }
 
+/// The signal `stop_signal` names, with or without the `SIG` prefix, in any
+/// case. Here rather than in `models`, so that checking a configuration needs
+/// nothing that depends on the configuration.
+pub fn parse_signal(name: &str) -> Option<nix::sys::signal::Signal> {
+    let name = name.trim().to_ascii_uppercase();
+    let full = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    full.parse().ok()
+}
+
 fn default_stop_grace() -> u64 {
     30
 }
@@ -553,7 +581,7 @@ impl Config {
                 model.name
             );
             anyhow::ensure!(
-                crate::models::process::parse_signal(&model.stop_signal).is_some(),
+                parse_signal(&model.stop_signal).is_some(),
                 "model {:?}: unknown stop_signal {:?}",
                 model.name,
                 model.stop_signal
@@ -575,7 +603,7 @@ impl Config {
                 hook.project
             );
             anyhow::ensure!(
-                crate::webhooks::signing::key_of(&hook.secret).is_some(),
+                webhook_key(&hook.secret).is_some(),
                 "webhook for project {:?}: secret must be whsec_ followed by base64",
                 hook.project
             );

@@ -1,5 +1,5 @@
 //! The error type of batchd's services. The HTTP layer turns each kind into
-//! OpenAI's envelope through one table (`api::error`); nothing else decides a
+//! OpenAI's envelope through one table (`openai_error`); nothing else decides a
 //! status code.
 
 /// Why an operation asked of a service did not happen.
@@ -88,4 +88,16 @@ pub fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
         next = err.source();
     }
     false
+}
+
+/// User input echoed in an error message, cut to 64 characters: echoing it
+/// helps the client, but a message must not grow with what was sent. Here,
+/// beside the error type, because services and the HTTP edge both write
+/// such messages.
+pub fn truncate(s: &str) -> String {
+    if s.chars().count() > 64 {
+        format!("{}...", s.chars().take(64).collect::<String>())
+    } else {
+        s.to_owned()
+    }
 }

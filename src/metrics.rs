@@ -53,11 +53,24 @@ pub struct ModelSnapshot {
     pub loads: u64,
     /// Each of its servers (`backend` label: its index, so labels stay
     /// bounded by the configuration).
-    pub backends: Vec<crate::backends::BackendSnapshot>,
+    pub backends: Vec<BackendSample>,
+}
+
+/// One server of a model, as the page shows it. Its own type rather than
+/// `backends::BackendSnapshot`: backends count into these families, so
+/// metrics must not depend on backends.
+pub struct BackendSample {
+    /// The server's index in its model's pool.
+    pub id: String,
+    /// In rotation: it takes lines.
+    pub up: bool,
+    pub in_flight: usize,
+    pub concurrency_limit: usize,
+    pub lines_served: u64,
 }
 
 /// A per-server family: one sample per (model, backend).
-fn backend_family<M>(models: &[ModelSnapshot], set: impl Fn(&M, &crate::backends::BackendSnapshot)) -> Family<Labels, M>
+fn backend_family<M>(models: &[ModelSnapshot], set: impl Fn(&M, &BackendSample)) -> Family<Labels, M>
 where
     M: Default + Clone + prometheus_client::metrics::TypedMetric + prometheus_client::encoding::EncodeMetric + 'static,
 {
@@ -134,7 +147,7 @@ pub fn render(snapshot: Snapshot) -> String {
         "backend_up",
         "1 if the backend takes lines (in rotation), else 0",
         backend_family::<Gauge>(&snapshot.models, |g, b| {
-            g.set(i64::from(b.state == crate::backends::BackendState::Healthy));
+            g.set(i64::from(b.up));
         }),
     );
     registry.register(

@@ -7,11 +7,11 @@
 
 #![no_main]
 
-use batchd::batch::endpoint::Endpoint;
 use batchd::batch::lines::LineReader;
 use batchd::batch::request_line::parse_line;
 use batchd::batch::validation::{Verdict, validate};
 use batchd::config::LimitsConfig;
+use batchd::domain::Endpoint;
 use bytes::Bytes;
 use futures::StreamExt;
 use libfuzzer_sys::fuzz_target;

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
 use super::query::Params;
+use crate::openai_error::{ApiError, ApiResult};
 
 #[derive(Deserialize)]
 pub struct CreateKey {

@@ -11,10 +11,10 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
 use super::project::Project;
 use crate::auth::keys::AuthFailure;
 use crate::auth::{DEFAULT_PROJECT, KeyService, Principal};
+use crate::openai_error::ApiError;
 
 /// What the middleware needs: the keys, and whether `/metrics` is public.
 #[derive(Clone)]

@@ -7,16 +7,15 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
 use super::fields::{invalid_type, required_string, whole_number};
 use super::project::Project;
-use super::query::{Params, truncate};
+use super::query::Params;
 use super::wire::{BatchObject, ListEnvelope};
-use crate::batch::endpoint::Endpoint;
-use crate::batch::record::BatchRecord;
 use crate::batch::service::NewBatch;
 use crate::config::window_seconds;
-use crate::files::record::MAX_EXPIRES_AFTER_SECS;
+use crate::domain::{BatchRecord, Endpoint, MAX_EXPIRES_AFTER_SECS};
+use crate::error::truncate;
+use crate::openai_error::{ApiError, ApiResult};
 
 const MAX_METADATA_PAIRS: usize = 16;
 const MAX_METADATA_KEY: usize = 64;

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::error::{ApiError, ApiResult};
+use crate::openai_error::{ApiError, ApiResult};
 
 pub fn missing(name: &str) -> ApiError {
     ApiError::bad_request(

@@ -9,15 +9,14 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
 use super::fields::{missing, parse_whole_number};
 use super::project::Project;
-use super::query::{Params, truncate};
+use super::query::Params;
 use super::wire::{FileDeleted, FileObject, ListEnvelope};
-use crate::files::record::MAX_EXPIRES_AFTER_SECS;
+use crate::domain::{FileListQuery, FileRecord, MAX_EXPIRES_AFTER_SECS, Order, Purpose};
+use crate::error::truncate;
 use crate::files::service::{NewFile, StagedFile};
-use crate::files::{FileRecord, Purpose};
-use crate::store::{FileListQuery, Order};
+use crate::openai_error::{ApiError, ApiResult};
 
 /// Largest accepted non-file form field (`purpose`, `expires_after[...]`).
 const MAX_TEXT_FIELD: usize = 4096;

@@ -5,8 +5,6 @@
 pub mod admin;
 pub mod auth;
 pub mod batches;
-pub mod envelope;
-pub mod error;
 pub mod fields;
 pub mod files;
 pub mod models;
@@ -26,7 +24,7 @@ use tower_http::trace::TraceLayer;
 use crate::backends::ModelRegistry;
 use crate::batch::BatchService;
 use crate::files::FileService;
-use error::ApiError;
+use crate::openai_error::{self, ApiError};
 
 /// What handlers share.
 #[derive(Clone)]
@@ -102,7 +100,7 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         .with_state(state)
-        .layer(axum::middleware::from_fn(envelope::openai_errors))
+        .layer(axum::middleware::from_fn(openai_error::openai_errors))
         // Logs method, path, status and latency; never bodies or headers.
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())

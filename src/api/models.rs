@@ -11,6 +11,8 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::backends::{BackendSnapshot, BackendState};
+use crate::metrics::BackendSample;
 
 pub async fn list(State(app): State<AppState>) -> Json<Value> {
     let data: Vec<Value> = app
@@ -33,7 +35,7 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /metrics`: Prometheus text format (see `crate::metrics`).
-pub async fn metrics(State(app): State<AppState>) -> Result<String, super::error::ApiError> {
+pub async fn metrics(State(app): State<AppState>) -> Result<String, crate::openai_error::ApiError> {
     let models = app
         .models
         .names()
@@ -42,7 +44,11 @@ pub async fn metrics(State(app): State<AppState>) -> Result<String, super::error
             waiting_batches: app.manager.waiting(name),
             running_batches: app.manager.status(name).map_or(0, |s| s.running_batches),
             loads: app.manager.status(name).map_or(0, |s| s.loads),
-            backends: app.models.get(name).map(|pool| pool.snapshots()).unwrap_or_default(),
+            backends: app
+                .models
+                .get(name)
+                .map(|pool| pool.snapshots().into_iter().map(sample).collect())
+                .unwrap_or_default(),
         })
         .collect();
     let snapshot = crate::metrics::Snapshot {
@@ -50,4 +56,14 @@ pub async fn metrics(State(app): State<AppState>) -> Result<String, super::error
         models,
     };
     Ok(crate::metrics::render(snapshot))
+}
+
+fn sample(b: BackendSnapshot) -> BackendSample {
+    BackendSample {
+        id: b.id,
+        up: b.state == BackendState::Healthy,
+        in_flight: b.in_flight,
+        concurrency_limit: b.concurrency_limit,
+        lines_served: b.lines_served,
+    }
 }

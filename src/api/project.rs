@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 
 use axum::http::StatusCode;
 
-use super::error::ApiError;
+use crate::openai_error::ApiError;
 
 #[derive(Debug, Clone)]
 pub struct Project(pub String);

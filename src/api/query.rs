@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 
-use super::error::ApiError;
+use crate::error::truncate;
+use crate::openai_error::ApiError;
 
 /// The raw query parameters; typed accessors below report bad values.
 pub struct Params(HashMap<String, String>);
@@ -63,14 +64,5 @@ impl Params {
                 Some("invalid_value"),
             )),
         }
-    }
-}
-
-/// Echoing user input in errors is useful, but never unboundedly.
-pub fn truncate(s: &str) -> String {
-    if s.chars().count() > 64 {
-        format!("{}...", s.chars().take(64).collect::<String>())
-    } else {
-        s.to_owned()
     }
 }

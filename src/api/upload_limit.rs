@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-use super::error::ApiError;
+use crate::openai_error::ApiError;
 
 pub async fn limit_uploads(State(slots): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
     // The slot is held until the handler has stored (or discarded) the body.

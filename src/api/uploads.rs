@@ -10,15 +10,14 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
 use super::fields::{missing, required_string, whole_number};
 use super::files::{clean_filename, malformed};
 use super::project::Project;
 use super::wire::FileObject;
-use crate::files::Purpose;
-use crate::files::record::MAX_EXPIRES_AFTER_SECS;
+use crate::domain::{FileRecord, MAX_EXPIRES_AFTER_SECS, Purpose, UploadPart, UploadRecord};
+use crate::error::truncate;
 use crate::files::uploads::NewUpload;
-use crate::store::{UploadPart, UploadRecord};
+use crate::openai_error::{ApiError, ApiResult};
 
 #[derive(Serialize)]
 struct UploadObject<'a> {
@@ -33,7 +32,7 @@ struct UploadObject<'a> {
     file: Option<FileObject<'a>>,
 }
 
-fn upload_json(upload: &UploadRecord, file: Option<&crate::files::FileRecord>) -> Json<Value> {
+fn upload_json(upload: &UploadRecord, file: Option<&FileRecord>) -> Json<Value> {
     Json(
         serde_json::to_value(UploadObject {
             id: &upload.id,
@@ -43,7 +42,7 @@ fn upload_json(upload: &UploadRecord, file: Option<&crate::files::FileRecord>) -
             expires_at: upload.expires_at,
             filename: &upload.filename,
             purpose: &upload.purpose,
-            status: &upload.status,
+            status: upload.status.as_str(),
             file: file.map(FileObject::from),
         })
         .expect("serializable"),
@@ -75,10 +74,7 @@ pub async fn create(State(app): State<AppState>, Project(project_id): Project, b
     let purpose_text = required_string(&map, "purpose")?;
     let purpose = Purpose::parse_uploadable(purpose_text).ok_or_else(|| {
         ApiError::bad_request(
-            format!(
-                "Invalid value for 'purpose': '{}'.",
-                super::query::truncate(purpose_text)
-            ),
+            format!("Invalid value for 'purpose': '{}'.", truncate(purpose_text)),
             Some("purpose"),
             Some("invalid_value"),
         )

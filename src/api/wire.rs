@@ -3,9 +3,7 @@
 
 use serde::Serialize;
 
-use crate::batch::record::{BatchError, BatchRecord, RequestCounts};
-use crate::files::FileRecord;
-use crate::store::Page;
+use crate::domain::{BatchError, BatchRecord, FileRecord, Page, RequestCounts};
 
 #[derive(Serialize)]
 pub struct FileObject<'a> {

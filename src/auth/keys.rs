@@ -5,22 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::domain::ApiKey;
+use crate::error::{Error, Result, truncate};
 use crate::ids;
 use crate::store::Store;
-
-/// A stored key, without its secret.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ApiKey {
-    pub id: String,
-    pub project_id: String,
-    pub name: String,
-    /// `sk-batchd-1234…cdef`: enough to recognise a key, not to use it.
-    pub redacted: String,
-    pub admin: bool,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
-}
 
 /// A key just created: the secret exists only here.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -131,7 +119,7 @@ impl KeyService {
             .revoke_key(id, ids::now())
             .await?
             .ok_or_else(|| Error::NotFound {
-                message: format!("No API key found with id '{}'.", crate::api::query::truncate(id)),
+                message: format!("No API key found with id '{}'.", truncate(id)),
                 param: Some("key_id"),
             })?;
         tracing::info!(key_id = %key.id, "API key revoked");

@@ -11,7 +11,7 @@
 
 pub mod keys;
 
-pub use keys::{ApiKey, KeyService, NewKey, Principal};
+pub use keys::{KeyService, NewKey, Principal};
 
 /// The project of requests made while no API key exists.
 pub const DEFAULT_PROJECT: &str = "default";

@@ -7,7 +7,6 @@
 pub mod backend;
 pub mod limiter;
 pub mod pool;
-pub mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;

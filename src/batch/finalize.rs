@@ -4,17 +4,13 @@
 //! in the same transaction that ends the batch.
 
 use super::Runtime;
-use super::endpoint::Endpoint;
 use super::input::{InputError, input_reader, recover_custom_id, unreadable_error};
 use super::output_line;
-use super::record::{BatchError, BatchRecord};
 use super::request_line::parse_line;
 use super::runner::result;
-use super::status::BatchStatus;
+use crate::domain::{BatchError, BatchRecord, BatchStatus, DEFAULT_BATCH_FILE_TTL_SECS, Endpoint, FileRecord, Purpose};
 use crate::error::{Error, Result};
 use crate::files::blobs::BlobError;
-use crate::files::record::DEFAULT_BATCH_FILE_TTL_SECS;
-use crate::files::{FileRecord, Purpose};
 use crate::ids;
 use crate::store::{FinishedFile, ResultFileKind};
 

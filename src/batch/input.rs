@@ -5,7 +5,7 @@
 
 use super::Runtime;
 use super::lines::{LineError, LineReader};
-use super::record::{BatchError, BatchRecord};
+use crate::domain::{BatchError, BatchRecord};
 use crate::error::{Error, Result};
 use crate::files::blobs::BlobError;
 

@@ -1,19 +1,18 @@
-//! Batches: the record and its status machine, validation of input files, the
-//! worker that runs lines on backends, finalization into result files, and the
-//! supervisor that owns all of it in the background.
+//! Batches: validation of input files, the worker that runs lines on
+//! backends, finalization into result files, and the supervisor that owns all
+//! of it in the background. The record and its status machine are in
+//! `domain`.
 
-pub mod endpoint;
 pub mod failpoint;
 pub mod finalize;
 pub mod input;
 pub mod lines;
 pub mod output_line;
-pub mod record;
 pub mod request_line;
+pub mod response_usage;
 pub mod result_writer;
 pub mod runner;
 pub mod service;
-pub mod status;
 pub mod supervisor;
 pub mod validation;
 pub mod worker;

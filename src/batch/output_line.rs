@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
+use super::response_usage::parse_object_usage;
 use crate::backends::Outcome;
-use crate::backends::usage::parse_object_usage;
-use crate::batch::record::Usage;
+use crate::domain::Usage;
 use crate::ids;
 
 /// A rendered result: which file it belongs to, the line, and its token usage.

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::endpoint::Endpoint;
+use crate::domain::Endpoint;
 
 /// A well-formed input line. `body` borrows the line's bytes, so the backend
 /// receives the body exactly as the user wrote it.

@@ -172,7 +172,7 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::batch::record::{BatchRecord, Usage};
+    use crate::domain::{BatchRecord, Usage};
     use crate::store::BatchRepo;
     use crate::store::sqlite::SqliteStore;
 

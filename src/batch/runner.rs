@@ -13,12 +13,11 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
-use super::endpoint::Endpoint;
 use super::input::{InputError, input_reader, recover_custom_id};
 use super::output_line;
-use super::record::BatchRecord;
 use super::request_line::parse_line;
 use crate::backends::{BackendPool, Outcome, PoolSlot};
+use crate::domain::{BatchRecord, Endpoint};
 use crate::error::{Error, Result};
 use crate::models::{Lease, ModelManager, TurnRequest};
 use crate::store::LineResult;

@@ -2,13 +2,11 @@
 
 use std::sync::Arc;
 
-use super::endpoint::Endpoint;
-use super::record::BatchRecord;
 use super::supervisor::Supervisor;
+use crate::domain::{BatchRecord, Endpoint, Page, Purpose};
 use crate::error::{Error, Result};
-use crate::files::Purpose;
 use crate::ids;
-use crate::store::{CancelOutcome, Page, Store};
+use crate::store::{CancelOutcome, Store};
 
 /// A checked `POST /v1/batches` request.
 pub struct NewBatch {

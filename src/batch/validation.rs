@@ -4,11 +4,10 @@
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 
-use super::endpoint::Endpoint;
 use super::lines::{LineError, LineReader};
-use super::record::BatchError;
 use super::request_line::parse_line;
 use crate::config::LimitsConfig;
+use crate::domain::{BatchError, Endpoint};
 
 #[derive(Debug)]
 pub enum Verdict {

@@ -6,13 +6,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
-use super::endpoint::Endpoint;
 use super::finalize::finalize;
 use super::input::unreadable_error;
-use super::record::{BatchError, BatchRecord};
 use super::runner::{RunEnd, run};
-use super::status::BatchStatus;
 use super::validation::{Verdict, validate};
+use crate::domain::{BatchError, BatchRecord, BatchStatus, Endpoint};
 use crate::error::Result;
 use crate::ids;
 use crate::store::StartOutcome;

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::chat_template::Message;
 use super::core::SamplingParams;
-use crate::api::error::ApiError;
+use crate::openai_error::ApiError;
 
 /// Most choices one request may ask for.
 pub const MAX_N: u32 = 16;

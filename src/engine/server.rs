@@ -19,8 +19,8 @@ use super::chat_template::ChatTemplate;
 use super::core::{EmbedJob, EngineShape, GenerateJob, Generated, Job};
 use super::metrics::EngineMetrics;
 use super::requests::{self, ChatRequest, Checked, CompletionRequest, EmbeddingRequest, Prompt};
-use crate::api::error::ApiError;
 use crate::ids;
+use crate::openai_error::ApiError;
 
 #[derive(Clone)]
 pub struct EngineState {
@@ -41,7 +41,7 @@ pub fn router(state: EngineState) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .layer(axum::middleware::from_fn(crate::api::envelope::openai_errors))
+        .layer(axum::middleware::from_fn(crate::openai_error::openai_errors))
         // axum's 2 MB default is below batchd's `max_line_bytes`: a line that
         // passed validation must not fail here with 413.
         .layer(axum::extract::DefaultBodyLimit::max(

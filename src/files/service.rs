@@ -6,10 +6,10 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, Stream};
 
 use super::blobs::{BlobError, Blobs};
-use super::record::{DEFAULT_BATCH_FILE_TTL_SECS, FileRecord, Purpose};
+use crate::domain::{DEFAULT_BATCH_FILE_TTL_SECS, FileListQuery, FileRecord, Page, Purpose};
 use crate::error::{Error, Result};
 use crate::ids;
-use crate::store::{FileListQuery, Page, Store};
+use crate::store::Store;
 
 #[derive(Clone)]
 pub struct FileService {

@@ -12,11 +12,11 @@ use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
 use super::blobs::{BlobError, Blobs};
-use super::record::{DEFAULT_BATCH_FILE_TTL_SECS, FileRecord, Purpose};
 use super::service::{FileService, blob_error};
-use crate::error::{Error, Result};
+use crate::domain::{DEFAULT_BATCH_FILE_TTL_SECS, FileRecord, Purpose, UploadPart, UploadRecord, UploadStatus};
+use crate::error::{Error, Result, truncate};
 use crate::ids;
-use crate::store::{PartAdmission, Store, UploadPart, UploadRecord};
+use crate::store::{PartAdmission, Store};
 
 /// OpenAI's limits: 64 MB a part, 8 GB an upload (the time to finish one is
 /// `limits.upload_ttl_secs`, an hour by default).
@@ -44,9 +44,9 @@ pub struct NewUpload {
     pub expires_after: Option<i64>,
 }
 
-fn no_longer_pending(id: &str, status: &str) -> Error {
+fn no_longer_pending(id: &str, status: UploadStatus) -> Error {
     Error::Conflict {
-        message: format!("Upload {id} is {status}; it no longer accepts changes."),
+        message: format!("Upload {id} is {}; it no longer accepts changes.", status.as_str()),
     }
 }
 
@@ -70,7 +70,7 @@ fn over_declared(declared: i64, stored: i64) -> Error {
 
 fn not_found(id: &str) -> Error {
     Error::NotFound {
-        message: format!("No such Upload object: {}", crate::api::query::truncate(id)),
+        message: format!("No such Upload object: {}", truncate(id)),
         param: Some("upload_id"),
     }
 }
@@ -104,7 +104,7 @@ impl UploadService {
             bytes: new.bytes,
             created_at,
             expires_at: created_at + self.ttl_secs,
-            status: "pending".into(),
+            status: UploadStatus::Pending,
             file_expires_after: new.expires_after,
             file_id: None,
         };
@@ -120,9 +120,9 @@ impl UploadService {
             .get_upload(project_id, id)
             .await?
             .ok_or_else(|| not_found(id))?;
-        if upload.status == "pending" && ids::now() >= upload.expires_at {
-            self.end(&upload, "expired").await?;
-            upload.status = "expired".into();
+        if upload.status == UploadStatus::Pending && ids::now() >= upload.expires_at {
+            self.end(&upload, UploadStatus::Expired).await?;
+            upload.status = UploadStatus::Expired;
         }
         Ok(upload)
     }
@@ -138,10 +138,10 @@ impl UploadService {
     /// A finished upload takes no more changes: a 409 (the state, not the
     /// request, is the problem), which the SDKs are told not to retry.
     fn require_pending(upload: &UploadRecord) -> Result<()> {
-        if upload.status == "pending" {
+        if upload.status == UploadStatus::Pending {
             return Ok(());
         }
-        Err(no_longer_pending(&upload.id, &upload.status))
+        Err(no_longer_pending(&upload.id, upload.status))
     }
 
     pub async fn add_part<S, E>(&self, project_id: &str, upload_id: &str, data: S) -> Result<UploadPart>
@@ -186,7 +186,7 @@ impl UploadService {
         match admission? {
             PartAdmission::Added => Ok(part),
             PartAdmission::NotPending(None) => Err(not_found(upload_id)),
-            PartAdmission::NotPending(Some(status)) => Err(no_longer_pending(upload_id, &status)),
+            PartAdmission::NotPending(Some(status)) => Err(no_longer_pending(upload_id, status)),
             PartAdmission::TooManyParts => Err(too_many_parts(self.max_parts)),
             PartAdmission::OverDeclared { declared, stored } => Err(over_declared(declared, stored)),
         }
@@ -211,11 +211,11 @@ impl UploadService {
         let ordered = self.ordered_parts(&upload, part_ids).await?;
         if !self
             .store
-            .set_upload_status(upload_id, &["pending"], "completing")
+            .set_upload_status(upload_id, &[UploadStatus::Pending], UploadStatus::Completing)
             .await?
         {
             let now = self.get(project_id, upload_id).await?;
-            return Err(no_longer_pending(upload_id, &now.status));
+            return Err(no_longer_pending(upload_id, now.status));
         }
         let file = match self.assemble(&upload, ordered, md5).await {
             Ok(file) => file,
@@ -224,7 +224,7 @@ impl UploadService {
                 // failed: the upload takes a corrected complete, unless it was
                 // expired meanwhile.
                 self.store
-                    .set_upload_status(upload_id, &["completing"], "pending")
+                    .set_upload_status(upload_id, &[UploadStatus::Completing], UploadStatus::Pending)
                     .await?;
                 return Err(e);
             }
@@ -235,7 +235,7 @@ impl UploadService {
                 self.discard_assembled(&file).await;
                 let _ = self
                     .store
-                    .set_upload_status(upload_id, &["completing"], "pending")
+                    .set_upload_status(upload_id, &[UploadStatus::Completing], UploadStatus::Pending)
                     .await;
                 return Err(e);
             }
@@ -248,7 +248,7 @@ impl UploadService {
         }
         tracing::info!(upload_id, file_id = %file.id, bytes = file.bytes, "upload completed");
         self.remove_parts(upload_id).await;
-        upload.status = "completed".into();
+        upload.status = UploadStatus::Completed;
         upload.file_id = Some(file.id.clone());
         Ok((upload, file))
     }
@@ -268,10 +268,7 @@ impl UploadService {
         for id in part_ids {
             let part = parts.get(id).filter(|_| seen.insert(id.as_str())).ok_or_else(|| {
                 Error::invalid(
-                    format!(
-                        "'{}' is not a part of this upload, or is listed twice.",
-                        crate::api::query::truncate(id)
-                    ),
+                    format!("'{}' is not a part of this upload, or is listed twice.", truncate(id)),
                     Some("part_ids"),
                     Some("invalid_value"),
                 )
@@ -352,12 +349,12 @@ impl UploadService {
 
     pub async fn cancel(&self, project_id: &str, upload_id: &str) -> Result<UploadRecord> {
         let mut upload = self.get(project_id, upload_id).await?;
-        if upload.status == "cancelled" {
+        if upload.status == UploadStatus::Cancelled {
             return Ok(upload);
         }
         Self::require_pending(&upload)?;
-        self.end(&upload, "cancelled").await?;
-        upload.status = "cancelled".into();
+        self.end(&upload, UploadStatus::Cancelled).await?;
+        upload.status = UploadStatus::Cancelled;
         Ok(upload)
     }
 
@@ -365,18 +362,18 @@ impl UploadService {
     pub async fn expire_old(&self) -> Result<usize> {
         let expired = self.store.expired_uploads(ids::now()).await?;
         for upload in &expired {
-            self.end(upload, "expired").await?;
+            self.end(upload, UploadStatus::Expired).await?;
         }
         Ok(expired.len())
     }
 
     /// Cancels (from `pending`) or expires (from `pending`, or from a
     /// `completing` left behind by a crash) an upload and removes its parts.
-    async fn end(&self, upload: &UploadRecord, status: &str) -> Result<()> {
-        let from: &[&str] = if status == "expired" {
-            &["pending", "completing"]
+    async fn end(&self, upload: &UploadRecord, status: UploadStatus) -> Result<()> {
+        let from: &[UploadStatus] = if status == UploadStatus::Expired {
+            &[UploadStatus::Pending, UploadStatus::Completing]
         } else {
-            &["pending"]
+            &[UploadStatus::Pending]
         };
         if self.store.set_upload_status(&upload.id, from, status).await? {
             self.remove_parts(&upload.id).await;

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::process::{LaunchSpec, parse_signal};
-use crate::config::ModelConfig;
+use super::process::LaunchSpec;
+use crate::config::{ModelConfig, parse_signal};
 
 /// One spec per place of a managed model (`ModelConfig::replica_devices`),
 /// with `{device}` in the arguments and in `env` values replaced by the

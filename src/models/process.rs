@@ -48,16 +48,6 @@ pub struct ServerProcess {
     stop_grace: Duration,
 }
 
-pub fn parse_signal(name: &str) -> Option<Signal> {
-    let name = name.trim().to_ascii_uppercase();
-    let full = if name.starts_with("SIG") {
-        name
-    } else {
-        format!("SIG{name}")
-    };
-    full.parse().ok()
-}
-
 /// A port that was free a moment ago: the server binds it right after.
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

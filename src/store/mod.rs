@@ -6,32 +6,11 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::auth::ApiKey;
-use crate::batch::record::{BatchError, BatchRecord, Usage};
-use crate::batch::status::BatchStatus;
+use crate::domain::{
+    ApiKey, BatchError, BatchRecord, BatchStatus, FileListQuery, FileRecord, Page, UploadPart, UploadRecord,
+    UploadStatus, Usage,
+};
 use crate::error::Result;
-use crate::files::FileRecord;
-
-/// One page of a cursor-paginated list.
-#[derive(Debug)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub has_more: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    Asc,
-    Desc,
-}
-
-#[derive(Debug, Clone)]
-pub struct FileListQuery {
-    pub purpose: Option<String>,
-    pub after: Option<String>,
-    pub limit: u32,
-    pub order: Order,
-}
 
 #[async_trait]
 pub trait FileRepo: Send + Sync {
@@ -245,7 +224,7 @@ pub trait UploadRepo: Send + Sync {
     async fn part_totals(&self, upload_id: &str) -> Result<(i64, i64)>;
     async fn parts(&self, upload_id: &str) -> Result<Vec<UploadPart>>;
     /// Compare-and-set of the upload's status, from any of `from` to `to`.
-    async fn set_upload_status(&self, id: &str, from: &[&str], to: &str) -> Result<bool>;
+    async fn set_upload_status(&self, id: &str, from: &[UploadStatus], to: UploadStatus) -> Result<bool>;
     /// `completing` -> `completed` naming `file`, and `file`'s row, in one
     /// transaction: when the upload is no longer `completing`, neither happens.
     async fn complete_upload(&self, id: &str, file: &FileRecord) -> Result<bool>;
@@ -258,37 +237,13 @@ pub trait UploadRepo: Send + Sync {
 pub enum PartAdmission {
     Added,
     /// The upload is in this status (or gone: `None`).
-    NotPending(Option<String>),
+    NotPending(Option<UploadStatus>),
     TooManyParts,
     /// The parts would hold more than the upload's declared `bytes`.
     OverDeclared {
         declared: i64,
         stored: i64,
     },
-}
-
-#[derive(Debug, Clone)]
-pub struct UploadRecord {
-    pub id: String,
-    pub project_id: String,
-    pub filename: String,
-    pub purpose: String,
-    pub mime_type: String,
-    pub bytes: i64,
-    pub created_at: i64,
-    pub expires_at: i64,
-    pub status: String,
-    pub file_expires_after: Option<i64>,
-    pub file_id: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct UploadPart {
-    pub id: String,
-    pub upload_id: String,
-    pub bytes: i64,
-    pub created_at: i64,
-    pub storage_key: String,
 }
 
 /// The webhook outbox (rows are written by `BatchRepo`'s terminal transitions).

@@ -17,8 +17,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::address::is_public;
-use super::signing::{key_of, signature};
-use crate::config::{WebhookConfig, WebhookDeliveryConfig};
+use super::signing::signature;
+use crate::config::{WebhookConfig, WebhookDeliveryConfig, webhook_key};
 use crate::ids;
 use crate::metrics::{METRICS, labels};
 use crate::store::{Store, WebhookEvent};
@@ -180,7 +180,7 @@ async fn attempt(hook: &WebhookConfig, cfg: &WebhookDeliveryConfig, event: &Webh
             "{host} resolves to a private or loopback address; set webhook_delivery.allow_private_addresses to allow it"
         ));
     }
-    let Some(key) = key_of(&hook.secret) else {
+    let Some(key) = webhook_key(&hook.secret) else {
         return Attempt::Refused("the webhook secret is not whsec_ + base64".into());
     };
     let body = json!({

@@ -7,10 +7,9 @@ use super::decode::{column, counter};
 use super::files::insert_file;
 use super::results::delete_results;
 use super::write_tx::WriteTx;
-use crate::batch::record::{BatchError, BatchRecord, RequestCounts, Usage};
-use crate::batch::status::BatchStatus;
+use crate::domain::{BatchError, BatchRecord, BatchStatus, Page, RequestCounts, Usage};
 use crate::error::{Error, Result};
-use crate::store::{BatchIntents, BatchRepo, CancelOutcome, FinishedFile, Page, ResultFileKind, StartOutcome};
+use crate::store::{BatchIntents, BatchRepo, CancelOutcome, FinishedFile, ResultFileKind, StartOutcome};
 
 fn batch_from_row(row: &SqliteRow) -> Result<BatchRecord> {
     let status: String = column(row, "status")?;

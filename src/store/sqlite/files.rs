@@ -4,10 +4,10 @@ use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
 use super::decode::column;
+use crate::domain::{FileListQuery, FileRecord, Order, Page};
 use crate::error::Result;
-use crate::files::FileRecord;
 use crate::ids::now;
-use crate::store::{FileListQuery, FileRepo, Order, Page};
+use crate::store::FileRepo;
 
 const COLUMNS: &str = "id, project_id, filename, purpose, bytes, created_at, expires_at, storage_key";
 

@@ -5,7 +5,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
 use super::decode::column;
-use crate::auth::ApiKey;
+use crate::domain::ApiKey;
 use crate::error::Result;
 use crate::store::KeyRepo;
 

@@ -25,8 +25,7 @@ impl MaintenanceRepo for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::record::{BatchRecord, Usage};
-    use crate::batch::status::BatchStatus;
+    use crate::domain::{BatchRecord, BatchStatus, Usage};
     use crate::store::{BatchRepo, LineResult, ResultRepo};
 
     async fn pragma(store: &SqliteStore, name: &str) -> i64 {

@@ -5,7 +5,7 @@ use sqlx::AssertSqlSafe;
 
 use super::SqliteStore;
 use super::write_tx::WriteTx;
-use crate::batch::record::Usage;
+use crate::domain::Usage;
 use crate::error::{Error, Result};
 use crate::store::{LineResult, ResultRepo, Unstorable};
 
@@ -214,7 +214,7 @@ fn lines_within(sizes: &[(i64, i64)], max_bytes: u64) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::record::BatchRecord;
+    use crate::domain::BatchRecord;
     use crate::store::BatchRepo;
 
     fn batch(id: &str) -> BatchRecord {

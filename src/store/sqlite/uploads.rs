@@ -7,12 +7,17 @@ use super::SqliteStore;
 use super::decode::column;
 use super::files::insert_file;
 use super::write_tx::WriteTx;
-use crate::error::Result;
-use crate::files::FileRecord;
-use crate::store::{PartAdmission, UploadPart, UploadRecord, UploadRepo};
+use crate::domain::{FileRecord, UploadPart, UploadRecord, UploadStatus};
+use crate::error::{Error, Result};
+use crate::store::{PartAdmission, UploadRepo};
 
 const COLUMNS: &str =
     "id, project_id, filename, purpose, mime_type, bytes, created_at, expires_at, status, file_expires_after, file_id";
+
+fn status_of(stored: &str) -> Result<UploadStatus> {
+    UploadStatus::parse(stored)
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown upload status {stored:?} in database")))
+}
 
 fn upload_of(row: &SqliteRow) -> Result<UploadRecord> {
     Ok(UploadRecord {
@@ -24,7 +29,7 @@ fn upload_of(row: &SqliteRow) -> Result<UploadRecord> {
         bytes: column(row, "bytes")?,
         created_at: column(row, "created_at")?,
         expires_at: column(row, "expires_at")?,
-        status: column(row, "status")?,
+        status: status_of(&column::<String>(row, "status")?)?,
         file_expires_after: column(row, "file_expires_after")?,
         file_id: column(row, "file_id")?,
     })
@@ -58,7 +63,7 @@ impl UploadRepo for SqliteStore {
         .bind(u.bytes)
         .bind(u.created_at)
         .bind(u.expires_at)
-        .bind(&u.status)
+        .bind(u.status.as_str())
         .bind(u.file_expires_after)
         .bind(&u.file_id)
         .execute(&self.pool)
@@ -85,9 +90,12 @@ impl UploadRepo for SqliteStore {
             .fetch_optional(tx.conn())
             .await?;
         let (count, stored): (i64, i64) = sqlx::query_as(TOTALS).bind(&p.upload_id).fetch_one(tx.conn()).await?;
+        let upload = upload
+            .map(|(status, declared)| status_of(&status).map(|status| (status, declared)))
+            .transpose()?;
         let admission = match upload {
             None => PartAdmission::NotPending(None),
-            Some((status, _)) if status != "pending" => PartAdmission::NotPending(Some(status)),
+            Some((status, _)) if status != UploadStatus::Pending => PartAdmission::NotPending(Some(status)),
             Some(_) if count >= max_parts => PartAdmission::TooManyParts,
             Some((_, declared)) if stored.saturating_add(p.bytes) > declared => {
                 PartAdmission::OverDeclared { declared, stored }
@@ -124,12 +132,12 @@ impl UploadRepo for SqliteStore {
         rows.iter().map(part_of).collect()
     }
 
-    async fn set_upload_status(&self, id: &str, from: &[&str], to: &str) -> Result<bool> {
+    async fn set_upload_status(&self, id: &str, from: &[UploadStatus], to: UploadStatus) -> Result<bool> {
         let placeholders = vec!["?"; from.len()].join(", ");
         let sql = format!("UPDATE uploads SET status = ? WHERE id = ? AND status IN ({placeholders})");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(to).bind(id);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(to.as_str()).bind(id);
         for status in from {
-            query = query.bind(*status);
+            query = query.bind(status.as_str());
         }
         Ok(query.execute(&self.pool).await?.rows_affected() == 1)
     }

@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
+use super::ApiError;
 
 /// Plain-text error bodies longer than this are cut (they are framework messages).
 const MAX_TEXT: usize = 1024;

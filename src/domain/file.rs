@@ -1,5 +1,7 @@
 //! The File aggregate as batchd stores it.
 
+use super::page::Order;
+
 /// A stored file's metadata. Its bytes live in the object store at `storage_key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRecord {
@@ -11,6 +13,15 @@ pub struct FileRecord {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub storage_key: String,
+}
+
+/// What `GET /v1/files` asks for: a page of one project's live files.
+#[derive(Debug, Clone)]
+pub struct FileListQuery {
+    pub purpose: Option<String>,
+    pub after: Option<String>,
+    pub limit: u32,
+    pub order: Order,
 }
 
 /// The purposes a client may upload with, and the one batchd gives result files.

@@ -1,5 +1,12 @@
 //! OpenAI's error envelope, `{"error": {"message", "type", "param", "code"}}`,
 //! produced for every failure from one table of kind -> (status, type).
+//!
+//! Outside `api` because two HTTP servers answer in it: batchd's API and the
+//! embedded engine (`batchd engine`), which must not depend on the API.
+
+mod envelope;
+
+pub use envelope::openai_errors;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode};

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::batch::record::Usage;
+use crate::domain::Usage;
 
 #[derive(Deserialize, Default)]
 struct Body {
