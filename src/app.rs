@@ -17,7 +17,7 @@ use crate::batch::result_writer::ResultWriter;
 use crate::batch::supervisor::Supervisor;
 use crate::batch::{BatchService, Runtime};
 use crate::config::{Config, DEFAULT_MODEL_FILE, DEFAULT_MODEL_NAME, ModelConfig};
-use crate::files::{self, Blobs, FileService};
+use crate::files::{self, FileService};
 use crate::models::ModelManager;
 use crate::server::listener::{self, Limits};
 use crate::server::lock::DataDirLock;
@@ -247,7 +247,7 @@ impl Core {
         // only for the projects recorded here.
         let webhook_projects: Vec<String> = config.webhooks.iter().map(|h| h.project.clone()).collect();
         store.set_webhook_projects(&webhook_projects).await?;
-        let blobs = Blobs::local(&data_dir.join("blobs"))?;
+        let blobs = files::storage::open(&config.storage, data_dir)?;
         let models = ModelRegistry::new(&config.models, &config.execution)?;
         for name in models.names() {
             if let Some(backend) = models.get(name) {

@@ -19,6 +19,72 @@ pub struct Config {
     /// Webhook endpoints, per project.
     pub webhooks: Vec<WebhookConfig>,
     pub webhook_delivery: WebhookDeliveryConfig,
+    /// Where file bytes live (default: `<data_dir>/blobs`).
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the object store that holds file bytes (uploads, result
+/// files). Unset: the local directory `<data_dir>/blobs`. `url = "s3://bucket/prefix"`:
+/// any S3-compatible store, through `object_store`'s S3 client. Credentials
+/// come from here or, when not given, from the standard `AWS_*` environment
+/// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+/// `AWS_REGION`, `AWS_ENDPOINT_URL`...).
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub url: Option<String>,
+    /// The S3 endpoint, e.g. `http://127.0.0.1:9000` for a server on this
+    /// machine (an `http://` endpoint allows plain HTTP). Unset: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// A failing S3 request is retried (with backoff) for at most this long
+    /// before the API call that needed it fails with a 500.
+    pub retry_timeout_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            retry_timeout_secs: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log line.
+        f.debug_struct("StorageConfig")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("retry_timeout_secs", &self.retry_timeout_secs)
+            .finish()
+    }
+}
+
+impl StorageConfig {
+    /// `(bucket, prefix)` of an `s3://` url; `None` for local storage.
+    pub fn s3_location(&self) -> anyhow::Result<Option<(String, String)>> {
+        let Some(url) = &self.url else { return Ok(None) };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| anyhow::anyhow!("storage.url {url:?} must start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        anyhow::ensure!(!bucket.is_empty(), "storage.url {url:?} names no bucket");
+        Ok(Some((bucket.to_owned(), prefix.trim_matches('/').to_owned())))
+    }
 }
 
 /// Where a project's batch events (`batch.completed`, `batch.failed`,
@@ -633,6 +699,7 @@ impl Config {
             "limits.max_upload_parts must be at least 1"
         );
         self.check_server_limits()?;
+        self.storage.s3_location()?;
         for window in &self.execution.allowed_completion_windows {
             anyhow::ensure!(
                 window_seconds(window).is_some(),
@@ -735,6 +802,22 @@ mod tests {
         assert!(
             Config::parse("[[models]]\nname = \"m\"\ncommand = \"x {port}\"\nstop_signal = \"SIGNOPE\"\n").is_err()
         );
+    }
+
+    #[test]
+    fn s3_storage_urls_name_a_bucket_and_a_prefix_and_secrets_stay_out_of_debug() {
+        let config = Config::parse(
+            "[storage]\nurl = \"s3://batchd-files/prod/eu/\"\nendpoint = \"http://127.0.0.1:9000\"\nsecret_access_key = \"hunter2\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.storage.s3_location().unwrap(),
+            Some(("batchd-files".to_owned(), "prod/eu".to_owned()))
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(Config::default().storage.s3_location().unwrap(), None);
+        assert!(Config::parse("[storage]\nurl = \"gs://bucket\"\n").is_err());
+        assert!(Config::parse("[storage]\nurl = \"s3:///prefix\"\n").is_err());
     }
 
     #[test]

@@ -29,7 +29,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // must be able to build on these alone.
     ("store", &["domain", "error", "ids"]),
     // Services over the store.
-    ("files", &["domain", "error", "ids", "store"]),
+    // `files` opens the configured object store (`[storage]`), whose S3
+    // client is built like every outgoing client.
+    ("files", &["config", "domain", "error", "http_client", "ids", "store"]),
     ("auth", &["domain", "error", "ids", "store"]),
     ("webhooks", &["config", "http_client", "ids", "metrics", "store"]),
     // Model servers: talking to them (no batch in sight: a line is bytes to

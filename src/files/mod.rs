@@ -3,6 +3,7 @@
 
 pub mod blobs;
 pub mod service;
+pub mod storage;
 pub mod sweeper;
 pub mod uploads;
 

@@ -2,6 +2,8 @@
 //! OpenAI-compatible backend (a real HTTP server), driven over HTTP.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::time::{Duration, Instant};
 
 use batchd::app::Server;
