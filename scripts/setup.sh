@@ -33,6 +33,14 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 
+# An S3-compatible server for the object-store tests (tests/s3_storage.rs):
+# s3s-fs, pure Rust, from crates.io. 0.14.1 is the last release that builds
+# with this machine's rustc 1.95.
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  echo "setup: installing s3s-fs"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+
 # Python SDK suite: a virtualenv inside the checkout, pinned requirements.
 if [ ! -x .venv-compat/bin/python ]; then
   python3 -m venv .venv-compat

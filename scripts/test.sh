@@ -36,3 +36,12 @@ echo "== OpenAI Python SDK compatibility"
 .venv-compat/bin/python -m pytest tests/compat/python -q -p no:cacheprovider
 echo "== OpenAI Node SDK compatibility"
 (cd tests/compat/node && npm test)
+
+# The same suites against a batchd whose file bytes live in a real
+# S3-compatible server (s3s-fs): the SDKs must not see a difference. The
+# default-model test starts its own server on the defaults, so it is not
+# repeated.
+echo "== OpenAI Python and Node SDK compatibility, file bytes in S3"
+BATCHD_COMPAT_BACKENDS=s3 .venv-compat/bin/python -m pytest tests/compat/python -q -p no:cacheprovider \
+  --ignore tests/compat/python/test_default_model.py
+(cd tests/compat/node && BATCHD_COMPAT_BACKENDS=s3 npm test)

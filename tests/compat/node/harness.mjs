@@ -6,7 +6,8 @@
 // processes (node --test runs each file in its own process), so files are isolated.
 
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -75,6 +76,69 @@ async function closedPort() {
       srv.close(() => resolve(port));
     });
   });
+}
+
+/**
+ * What $BATCHD_COMPAT_BACKENDS asks batchd to run on besides its defaults
+ * (SQLite, local disk): "s3" puts file bytes in a real S3-compatible server
+ * (s3s-fs, installed by scripts/setup.sh).
+ */
+function compatBackends() {
+  const wanted = new Set(
+    (process.env.BATCHD_COMPAT_BACKENDS ?? '')
+      .split(',')
+      .map((b) => b.trim())
+      .filter(Boolean),
+  );
+  for (const b of wanted) {
+    if (b !== 's3') throw new Error(`BATCHD_COMPAT_BACKENDS: unknown ${b}`);
+  }
+  return wanted;
+}
+
+async function waitForPort(port, child, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const open = await new Promise((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    if (Date.now() > deadline || child.exitCode !== null) {
+      throw new Error(`s3s-fs did not listen on port ${port}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Starts s3s-fs with a bucket `compat`; returns its child and batchd's `[storage]` section. */
+async function startS3(tmp) {
+  const cargoBin = path.join(process.env.CARGO_HOME ?? path.join(os.homedir(), '.cargo'), 'bin', 's3s-fs');
+  const binary = existsSync(cargoBin) ? cargoBin : 's3s-fs';
+  const root = path.join(tmp, 's3');
+  await mkdir(path.join(root, 'compat'), { recursive: true });
+  const port = await closedPort();
+  const child = spawn(
+    binary,
+    ['--host', '127.0.0.1', '--port', String(port), '--access-key', 'compat-key', '--secret-key', 'compat-secret', root],
+    { stdio: 'ignore' },
+  );
+  liveChildren.add(child);
+  child.once('exit', () => liveChildren.delete(child));
+  await waitForPort(port, child, START_TIMEOUT_MS);
+  const section = `
+[storage]
+url = "s3://compat/batchd"
+endpoint = "http://127.0.0.1:${port}"
+region = "us-east-1"
+access_key_id = "compat-key"
+secret_access_key = "compat-secret"
+`;
+  return { child, section };
 }
 
 const liveChildren = new Set();
@@ -199,9 +263,11 @@ export async function startServers() {
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'batchd-node-compat-'));
   let fake;
   let server;
+  let s3;
   try {
     fake = await spawnAndWait('fake backend', fakeBin, ['--listen', '127.0.0.1:0']);
     const deadPort = await closedPort();
+    if (compatBackends().has('s3')) s3 = await startS3(tmp);
 
     const config = `
 [server]
@@ -240,7 +306,7 @@ max_concurrency = 1
 name = "dead-model"
 url = "http://127.0.0.1:${deadPort}/v1"
 max_concurrency = 4
-`;
+${s3?.section ?? ''}`;
     const configPath = path.join(tmp, 'batchd.toml');
     await writeFile(configPath, config);
 
@@ -248,6 +314,7 @@ max_concurrency = 4
   } catch (e) {
     await stopChild(server?.child);
     await stopChild(fake?.child);
+    await stopChild(s3?.child);
     await rm(tmp, { recursive: true, force: true });
     throw e;
   }
@@ -282,6 +349,7 @@ max_concurrency = 4
     stopped = true;
     await stopChild(server.child);
     await stopChild(fake.child);
+    await stopChild(s3?.child);
     await rm(tmp, { recursive: true, force: true });
   };
 

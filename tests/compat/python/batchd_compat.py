@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -169,6 +170,51 @@ def _closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def compat_backends() -> set[str]:
+    """What $BATCHD_COMPAT_BACKENDS asks batchd to run on besides its
+    defaults (SQLite, local disk): "s3" puts file bytes in a real
+    S3-compatible server (s3s-fs, installed by scripts/setup.sh)."""
+    wanted = {b.strip() for b in os.environ.get("BATCHD_COMPAT_BACKENDS", "").split(",") if b.strip()}
+    unknown = wanted - {"s3"}
+    if unknown:
+        pytest.fail(f"BATCHD_COMPAT_BACKENDS: unknown {sorted(unknown)}", pytrace=False)
+    return wanted
+
+
+def start_s3(base: Path, procs: list) -> str:
+    """Starts s3s-fs on a free loopback port with a bucket `compat`, and
+    returns the `[storage]` section that points batchd at it."""
+    binary = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
+    if not os.path.exists(binary):
+        pytest.fail("s3s-fs not found; scripts/setup.sh installs it", pytrace=False)
+    root = base / "s3"
+    (root / "compat").mkdir(parents=True)
+    port = _closed_port()
+    proc = _Proc(
+        "s3s-fs",
+        [binary, "--host", "127.0.0.1", "--port", str(port), "--access-key", "compat-key", "--secret-key", "compat-secret", str(root)],
+        base,
+    )
+    procs.append(proc)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.proc.poll() is not None:
+                proc._fail("did not listen")
+            time.sleep(0.05)
+    return f"""
+[storage]
+url = "s3://compat/batchd"
+endpoint = "http://127.0.0.1:{port}"
+region = "us-east-1"
+access_key_id = "compat-key"
+secret_access_key = "compat-secret"
+"""
 
 
 def _require_bin(var: str) -> str:

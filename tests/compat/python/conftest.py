@@ -22,6 +22,8 @@ from batchd_compat import (
     _closed_port,
     _Proc,
     _require_bin,
+    compat_backends,
+    start_s3,
 )
 
 
@@ -42,6 +44,7 @@ def servers(tmp_path_factory):
         fake_url = fake.wait_listening("fake backend")
 
         dead_port = _closed_port()
+        storage = start_s3(base, procs) if "s3" in compat_backends() else ""
         data_dir = base / "data"
         data_dir.mkdir()
         config = f"""\
@@ -73,7 +76,7 @@ max_concurrency = {SLOW_MODEL_CONCURRENCY}
 [[models]]
 name = "dead-model"
 url = "http://127.0.0.1:{dead_port}/v1"
-"""
+{storage}"""
         cfg_path = base / "batchd.toml"
         cfg_path.write_text(config)
 
