@@ -1,0 +1,137 @@
+//! The store conformance suite: one set of behavioural checks over the
+//! persistence traits of `src/store/mod.rs`, run against every store
+//! implementation (the way object_store runs each of its stores through the
+//! same checks).
+//!
+//! Each check is an `async fn(Arc<dyn Store>)` in the module of its aggregate
+//! (`files`, `batches`, `results`, `keys`, `uploads`, `events`). It goes
+//! through the traits only, never SQL, and asserts what the services rely on:
+//! ordering and ties in `created_at`, compare-and-set transitions,
+//! exactly-once results, project scoping, NULL versus missing.
+//!
+//! `conformance!(name, factory)` generates one `#[tokio::test]` per check,
+//! named `name::aggregate::check`, each on a fresh store from `factory` (an
+//! `async fn() -> Fixture`). Adding a store is one line, next to SQLite's
+//! below; the PostgreSQL store will be
+//!
+//! ```text
+//! conformance!(postgres, postgres);
+//! ```
+//!
+//! with an `async fn postgres() -> Fixture` that creates a scratch database
+//! (keeping whatever drops it in `Fixture::_keep`), so `cargo test --test
+//! store_conformance postgres::` runs every check against it.
+//!
+//! A check written but not listed in `conformance!` is dead code, which
+//! `cargo clippy -- -D warnings` refuses.
+
+mod files;
+
+use std::sync::Arc;
+
+use batchd::domain::{BatchRecord, FileRecord};
+use batchd::store::Store;
+use batchd::store::sqlite::SqliteStore;
+
+/// A fresh, empty store and whatever must outlive it (its directory, its
+/// scratch database).
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    pub _keep: Box<dyn std::any::Any + Send>,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("batchd.db"))
+        .await
+        .expect("open the SQLite store");
+    Fixture {
+        store: Arc::new(store),
+        _keep: Box::new(dir),
+    }
+}
+
+/// One `#[tokio::test]` per check for the store that `$factory` opens, in
+/// module `$store`. Multi-threaded, so that the checks of concurrent
+/// operations really race.
+macro_rules! conformance {
+    ($store:ident, $factory:ident) => {
+        mod $store {
+            conformance!(@checks $factory;
+                files: [
+                    inserted_files_read_back_exactly,
+                    files_are_scoped_by_project,
+                    listing_pages_in_insertion_order_with_ties,
+                    listing_after_an_unknown_file_is_none,
+                    listing_filters_by_purpose,
+                    listing_pages_past_a_deleted_cursor,
+                    deleting_returns_the_record_once,
+                    expired_files_oldest_first_within_limit,
+                    file_in_use_while_an_unfinished_batch_reads_it,
+                    bytes_to_remove_once_no_batch_reads_the_file,
+                ],
+            );
+        }
+    };
+    (@checks $factory:ident; $($module:ident: [$($check:ident),* $(,)?]),* $(,)?) => {
+        $(
+            mod $module {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $check() {
+                        let fixture = super::super::$factory().await;
+                        crate::$module::$check(fixture.store.clone()).await;
+                    }
+                )*
+            }
+        )*
+    };
+}
+
+conformance!(sqlite, sqlite);
+
+// Records as the services build them.
+
+pub const ENDPOINT: &str = "/v1/chat/completions";
+
+pub fn file(project: &str, id: &str, created_at: i64) -> FileRecord {
+    FileRecord {
+        id: id.into(),
+        project_id: project.into(),
+        filename: format!("{id}.jsonl"),
+        purpose: "batch".into(),
+        bytes: 100,
+        created_at,
+        expires_at: None,
+        storage_key: format!("files/{id}"),
+    }
+}
+
+pub fn batch(project: &str, id: &str, input_file_id: &str, created_at: i64) -> BatchRecord {
+    BatchRecord::new_validating(
+        id.into(),
+        project.into(),
+        ENDPOINT.into(),
+        input_file_id.into(),
+        "24h".into(),
+        created_at,
+        Some(created_at + 24 * 3600),
+    )
+}
+
+/// Inserts a `validating` batch and starts it (`in_progress`, `total` lines).
+pub async fn running_batch(store: &dyn Store, project: &str, id: &str, total: i64, now: i64) -> BatchRecord {
+    store.insert_batch(&batch(project, id, "file-in", now)).await.unwrap();
+    assert_eq!(
+        store
+            .start_within_enqueued_limit(id, "model-a", total, now + 1, u64::MAX)
+            .await
+            .unwrap(),
+        batchd::store::StartOutcome::Started
+    );
+    store.get_batch(project, id).await.unwrap().unwrap()
+}
+
+pub fn ids<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
+    items.iter().map(|item| id(item).to_owned()).collect()
+}
