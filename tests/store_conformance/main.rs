@@ -25,13 +25,14 @@
 //! A check written but not listed in `conformance!` is dead code, which
 //! `cargo clippy -- -D warnings` refuses.
 
+mod batches;
 mod files;
 
 use std::sync::Arc;
 
-use batchd::domain::{BatchRecord, FileRecord};
-use batchd::store::Store;
+use batchd::domain::{BatchRecord, FileRecord, Usage};
 use batchd::store::sqlite::SqliteStore;
+use batchd::store::{LineResult, Store};
 
 /// A fresh, empty store and whatever must outlive it (its directory, its
 /// scratch database).
@@ -69,6 +70,29 @@ macro_rules! conformance {
                     expired_files_oldest_first_within_limit,
                     file_in_use_while_an_unfinished_batch_reads_it,
                     bytes_to_remove_once_no_batch_reads_the_file,
+                ],
+                batches: [
+                    inserted_batches_read_back_exactly,
+                    batches_are_scoped_by_project,
+                    listing_is_newest_first_with_ties,
+                    listing_after_an_unknown_batch_is_none,
+                    transitions_are_compare_and_set,
+                    transitions_stamp_only_their_own_timestamp,
+                    fail_validation_only_from_validating,
+                    cancel_is_accepted_once_and_keeps_its_first_stamp,
+                    cancel_of_an_ended_batch_is_refused,
+                    cancel_racing_completion_has_one_winner,
+                    finish_is_compare_and_set_on_from,
+                    finish_registers_result_files,
+                    active_batches_oldest_first,
+                    count_by_status_counts_every_batch,
+                    active_limit_counts_only_active_batches,
+                    concurrent_creates_do_not_overshoot_the_active_limit,
+                    start_records_model_total_and_zero_usage,
+                    start_respects_the_enqueued_limit,
+                    start_of_a_batch_no_longer_validating,
+                    failing_intent_is_kept_and_becomes_errors,
+                    line_limit_round_trips,
                 ],
             );
         }
@@ -117,6 +141,26 @@ pub fn batch(project: &str, id: &str, input_file_id: &str, created_at: i64) -> B
         created_at,
         Some(created_at + 24 * 3600),
     )
+}
+
+pub fn usage(tokens: i64) -> Usage {
+    Usage {
+        input_tokens: tokens,
+        cached_tokens: 1,
+        output_tokens: 2 * tokens,
+        reasoning_tokens: 3,
+        total_tokens: 3 * tokens,
+    }
+}
+
+pub fn result(batch_id: &str, line: u64, is_error: bool) -> LineResult {
+    LineResult {
+        batch_id: batch_id.into(),
+        line,
+        is_error,
+        output_line: format!("{{\"custom_id\":\"line-{line}\"}}"),
+        usage: usage(10),
+    }
 }
 
 /// Inserts a `validating` batch and starts it (`in_progress`, `total` lines).
