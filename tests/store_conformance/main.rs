@@ -27,6 +27,7 @@
 
 mod batches;
 mod files;
+mod results;
 
 use std::sync::Arc;
 
@@ -93,6 +94,16 @@ macro_rules! conformance {
                     start_of_a_batch_no_longer_validating,
                     failing_intent_is_kept_and_becomes_errors,
                     line_limit_round_trips,
+                ],
+                results: [
+                    results_are_exactly_once_per_line,
+                    duplicates_within_one_group_count_once,
+                    concurrent_duplicate_groups_count_once,
+                    results_are_scoped_by_batch,
+                    results_go_when_the_batch_ends,
+                    results_for_an_ended_batch_are_ignored,
+                    result_pages_in_line_order_bounded_by_bytes,
+                    large_and_unicode_values_round_trip,
                 ],
             );
         }
