@@ -27,6 +27,7 @@
 
 mod batches;
 mod files;
+mod keys;
 mod results;
 
 use std::sync::Arc;
@@ -104,6 +105,12 @@ macro_rules! conformance {
                     results_for_an_ended_batch_are_ignored,
                     result_pages_in_line_order_bounded_by_bytes,
                     large_and_unicode_values_round_trip,
+                ],
+                keys: [
+                    keys_authenticate_by_hash_until_revoked,
+                    revoking_twice_keeps_the_first_time,
+                    keys_ever_created_stays_true_after_revoking_all,
+                    keys_list_oldest_first_by_project,
                 ],
             );
         }
