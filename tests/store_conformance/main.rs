@@ -29,6 +29,7 @@ mod batches;
 mod files;
 mod keys;
 mod results;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -111,6 +112,15 @@ macro_rules! conformance {
                     revoking_twice_keeps_the_first_time,
                     keys_ever_created_stays_true_after_revoking_all,
                     keys_list_oldest_first_by_project,
+                ],
+                uploads: [
+                    uploads_read_back_exactly_and_are_scoped,
+                    parts_are_admitted_within_declared_bytes_and_count,
+                    parts_are_refused_unless_pending,
+                    concurrent_parts_do_not_overshoot_the_declared_size,
+                    status_changes_are_compare_and_set,
+                    complete_is_compare_and_set_with_its_file,
+                    expired_uploads_are_pending_or_completing,
                 ],
             );
         }
