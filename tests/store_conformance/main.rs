@@ -26,6 +26,7 @@
 //! `cargo clippy -- -D warnings` refuses.
 
 mod batches;
+mod events;
 mod files;
 mod keys;
 mod results;
@@ -121,6 +122,14 @@ macro_rules! conformance {
                     status_changes_are_compare_and_set,
                     complete_is_compare_and_set_with_its_file,
                     expired_uploads_are_pending_or_completing,
+                ],
+                events: [
+                    terminal_transitions_queue_events_for_webhook_projects_only,
+                    failed_validation_queues_an_event,
+                    webhook_projects_are_replaced,
+                    due_events_oldest_first_capped_per_project,
+                    failed_deliveries_retry_later_or_give_up,
+                    prune_removes_only_finished_events,
                 ],
             );
         }
