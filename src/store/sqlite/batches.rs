@@ -215,10 +215,12 @@ impl BatchRepo for SqliteStore {
     async fn fail_validation(&self, id: &str, errors: &[BatchError], now: i64) -> Result<bool> {
         let to = BatchStatus::Failed;
         let errors = serde_json::to_string(errors).map_err(Error::internal)?;
+        // From `validating` only. `Failed.allowed_from()` also holds
+        // `in_progress`, but a batch that has started ends through
+        // `finish_failed`, with its files and the deletion of its results.
         let sql = format!(
-            "UPDATE batches SET status = ?2{}, errors = ?4 WHERE id = ?3 AND {}",
-            stamp_clause(to),
-            from_clause(to)
+            "UPDATE batches SET status = ?2{}, errors = ?4 WHERE id = ?3 AND status = ?5",
+            stamp_clause(to)
         );
         let mut tx = WriteTx::begin(&self.pool).await?;
         let done = sqlx::query(AssertSqlSafe(sql))
@@ -226,6 +228,7 @@ impl BatchRepo for SqliteStore {
             .bind(to.as_str())
             .bind(id)
             .bind(errors)
+            .bind(BatchStatus::Validating.as_str())
             .execute(tx.conn())
             .await?;
         if done.rows_affected() != 1 {
