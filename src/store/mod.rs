@@ -192,7 +192,6 @@ pub enum Unstorable {
     Rejected,
 }
 
-/// Everything the services need from persistence.
 /// API keys (see `auth`); only hashes of secrets are stored.
 #[async_trait]
 pub trait KeyRepo: Send + Sync {
@@ -283,5 +282,7 @@ pub trait MaintenanceRepo: Send + Sync {
     async fn release_free_pages(&self, max_pages: u32) -> Result<u64>;
 }
 
+/// Everything the services need from persistence: every store
+/// implementation passes `tests/store_conformance`.
 pub trait Store: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo + EventRepo + MaintenanceRepo {}
 impl<T: FileRepo + BatchRepo + ResultRepo + KeyRepo + UploadRepo + EventRepo + MaintenanceRepo> Store for T {}
