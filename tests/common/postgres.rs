@@ -183,7 +183,12 @@ fn start() -> Cluster {
            rm -rf "$1""#,
         postgres = quoted.join(" ")
     );
-    Command::new("sh")
+    // Never waited for: the watchdog is meant to outlive this process.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the watchdog outlives the test process by design"
+    )]
+    let _watchdog = Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg(std::process::id().to_string())
