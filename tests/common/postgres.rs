@@ -63,7 +63,13 @@ pub async fn fresh_database() -> String {
 
 fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("BATCHD_PG_BIN") {
-        return dir.into();
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("initdb").exists() && dir.join("postgres").exists(),
+            "BATCHD_PG_BIN={} holds no initdb and postgres (PostgreSQL server binaries)",
+            dir.display()
+        );
+        return dir;
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
