@@ -15,9 +15,10 @@
 //! `initdb` and `postgres` refuse to run as root; as root they run as
 //! `nobody`, with the directory chowned to it.
 //!
-//! Shared by any test that needs PostgreSQL: include it with
-//! `#[path = "../common/postgres.rs"] mod pg;` (or `mod common;` and
-//! `common::postgres`).
+//! Shared by any test that needs PostgreSQL: `common::postgres` from a test
+//! file under `tests/` (`tests/postgres_server.rs`), or
+//! `#[path = "../common/postgres.rs"] mod pg_cluster;` from a test directory
+//! (`tests/store_conformance/`), which needs none of the rest of `common`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
