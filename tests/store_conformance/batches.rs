@@ -543,26 +543,41 @@ pub async fn active_limit_counts_only_active_batches(store: Arc<dyn Store>) {
 }
 
 pub async fn concurrent_creates_do_not_overshoot_the_active_limit(store: Arc<dyn Store>) {
-    let creates: Vec<_> = (0..12)
-        .map(|n| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .insert_batch_within_limit(&batch("p1", &format!("batch-{n}"), "file-1", 1), 3)
-                    .await
-                    .unwrap()
+    // Several rounds, each on its own project, all creates of a round let go
+    // at once: a store whose count and insert can interleave overshoots in
+    // some round.
+    for round in 0..10 {
+        let project = format!("p{round}");
+        let start = Arc::new(tokio::sync::Barrier::new(12));
+        let creates: Vec<_> = (0..12)
+            .map(|n| {
+                let store = store.clone();
+                let start = start.clone();
+                let project = project.clone();
+                tokio::spawn(async move {
+                    let batch = batch(&project, &format!("batch-{round}-{n}"), "file-1", 1);
+                    start.wait().await;
+                    store.insert_batch_within_limit(&batch, 3).await.unwrap()
+                })
             })
-        })
-        .collect();
-    let mut created = 0;
-    for create in creates {
-        created += usize::from(create.await.unwrap());
+            .collect();
+        let mut created = 0;
+        for create in creates {
+            created += usize::from(create.await.unwrap());
+        }
+        assert_eq!(created, 3, "round {round}");
+        assert_eq!(
+            store
+                .list_batches(&project, None, 100)
+                .await
+                .unwrap()
+                .unwrap()
+                .items
+                .len(),
+            3,
+            "round {round}"
+        );
     }
-    assert_eq!(created, 3);
-    assert_eq!(
-        store.list_batches("p1", None, 100).await.unwrap().unwrap().items.len(),
-        3
-    );
 }
 
 pub async fn start_records_model_total_and_zero_usage(store: Arc<dyn Store>) {
