@@ -651,6 +651,43 @@ pub async fn start_respects_the_enqueued_limit(store: Arc<dyn Store>) {
     assert_eq!(status(s, "batch-new").await, BatchStatus::InProgress);
 }
 
+pub async fn concurrent_starts_do_not_overshoot_the_enqueued_limit(store: Arc<dyn Store>) {
+    // Twelve batches of 10 lines each, at most 30 lines enqueued per project:
+    // three start, whatever the interleaving, in every round.
+    for round in 0..10 {
+        let project = format!("p{round}");
+        for n in 0..12 {
+            store
+                .insert_batch(&batch(&project, &format!("batch-{round}-{n}"), "file-1", 1))
+                .await
+                .unwrap();
+        }
+        let go = Arc::new(tokio::sync::Barrier::new(12));
+        let starts: Vec<_> = (0..12)
+            .map(|n| {
+                let store = store.clone();
+                let go = go.clone();
+                tokio::spawn(async move {
+                    go.wait().await;
+                    store
+                        .start_within_enqueued_limit(&format!("batch-{round}-{n}"), "m", 10, 2, 30)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut started = 0;
+        for start in starts {
+            match start.await.unwrap() {
+                StartOutcome::Started => started += 1,
+                StartOutcome::OverEnqueuedLimit { enqueued } => assert!(enqueued > 20, "round {round}: {enqueued}"),
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!(started, 3, "round {round}");
+    }
+}
+
 pub async fn start_of_a_batch_no_longer_validating(store: Arc<dyn Store>) {
     store.insert_batch(&batch("p1", "batch-1", "file-1", 1)).await.unwrap();
     store.request_cancel("p1", "batch-1", 2).await.unwrap();

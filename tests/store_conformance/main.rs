@@ -106,6 +106,7 @@ macro_rules! conformance {
                     concurrent_creates_do_not_overshoot_the_active_limit,
                     start_records_model_total_and_zero_usage,
                     start_respects_the_enqueued_limit,
+                    concurrent_starts_do_not_overshoot_the_enqueued_limit,
                     start_of_a_batch_no_longer_validating,
                     failing_intent_is_kept_and_becomes_errors,
                     line_limit_round_trips,
