@@ -1,6 +1,7 @@
 //! The whole server on the PostgreSQL store (`[store] url`): a batch runs
 //! end to end, and what it left survives a restart. The store's own
-//! behaviour is checked by `tests/store_conformance`; this checks the wiring.
+//! behaviour is checked by `tests/store_conformance`; this checks the wiring,
+//! and what only PostgreSQL refuses.
 
 mod common;
 
@@ -38,4 +39,39 @@ async fn a_batch_runs_end_to_end_on_postgres_and_survives_a_restart() {
     let (status, files) = h.get("/files").await;
     assert_eq!(status, 200);
     assert_eq!(files["data"].as_array().unwrap().len(), 3, "{files}");
+}
+
+/// PostgreSQL refuses a NUL character in text, which SQLite stores: such a
+/// result must read as unstorable (the writer turns it into an error line)
+/// rather than as a failure worth retrying. Results are JSON, where NUL is
+/// escaped, so no code path sends one today.
+#[tokio::test]
+async fn a_result_postgres_refuses_is_unstorable_not_retried() {
+    use batchd::domain::{BatchRecord, Usage};
+    use batchd::store::postgres::PgStore;
+    use batchd::store::{BatchRepo, LineResult, ResultRepo, Unstorable};
+
+    let store = PgStore::connect(&common::postgres::fresh_database().await)
+        .await
+        .unwrap();
+    let batch = BatchRecord::new_validating(
+        "batch-1".into(),
+        "p1".into(),
+        "/v1/chat/completions".into(),
+        "file-1".into(),
+        "24h".into(),
+        1,
+        None,
+    );
+    store.insert_batch(&batch).await.unwrap();
+    let nul = LineResult {
+        batch_id: "batch-1".into(),
+        line: 1,
+        is_error: false,
+        output_line: "a\0b".into(),
+        usage: Usage::default(),
+    };
+    let error = store.record_results(&[nul]).await.unwrap_err();
+    assert_eq!(store.unstorable(&error), Some(Unstorable::Rejected), "{error:?}");
+    assert!(store.finished_lines("batch-1").await.unwrap().is_empty());
 }
