@@ -24,6 +24,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
 COPY migrations migrations
+COPY migrations-postgres migrations-postgres
 COPY src src
 COPY bench bench
 COPY tests tests

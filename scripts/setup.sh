@@ -9,8 +9,10 @@ build_only=false
 [ "${1:-}" = "--build-only" ] && build_only=true
 
 # cmake and clang build llama.cpp (the embedded engine); libclang drives bindgen.
+# postgresql: the server binaries (initdb, postgres) of the throwaway cluster
+# that the PostgreSQL store's tests start (tests/common/postgres.rs).
 need_apt=()
-for pkg in pkg-config curl cmake clang libclang-dev; do
+for pkg in pkg-config curl cmake clang libclang-dev postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)

@@ -23,6 +23,7 @@ use crate::server::listener::{self, Limits};
 use crate::server::lock::DataDirLock;
 use crate::server::tasks::BackgroundTasks;
 use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 
 /// A started server.
@@ -242,7 +243,10 @@ impl Core {
     pub async fn open(config: &Config) -> anyhow::Result<Core> {
         let data_dir = &config.server.data_dir;
         std::fs::create_dir_all(data_dir)?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?);
+        let store: Arc<dyn Store> = match config.store.postgres_url()? {
+            Some(url) => Arc::new(PgStore::connect(url).await?),
+            None => Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?),
+        };
         // Before any batch can end: terminal transitions write outbox rows
         // only for the projects recorded here.
         let webhook_projects: Vec<String> = config.webhooks.iter().map(|h| h.project.clone()).collect();

@@ -21,6 +21,73 @@ pub struct Config {
     pub webhook_delivery: WebhookDeliveryConfig,
     /// Where file bytes live (default: `<data_dir>/blobs`).
     pub storage: StorageConfig,
+    /// Where metadata lives (default: SQLite at `<data_dir>/batchd.db`).
+    pub store: StoreConfig,
+}
+
+/// `[store]`: the metadata database. Unset: SQLite at `<data_dir>/batchd.db`.
+/// `url = "postgres://user:password@host:5432/db"` (or `postgresql://`, any
+/// form sqlx accepts, `?host=/run/postgresql` for a unix socket): PostgreSQL,
+/// migrated at start. TLS to PostgreSQL is not supported yet.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub url: Option<String>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never reaches a log line.
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url.as_deref().map(redact_password))
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL URL, `None` for SQLite; an error for any other scheme.
+    pub fn postgres_url(&self) -> anyhow::Result<Option<&str>> {
+        let Some(url) = &self.url else { return Ok(None) };
+        anyhow::ensure!(
+            url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "store.url {:?} must start with postgres:// or postgresql:// (leave it unset for SQLite in the data directory)",
+            redact_password(url)
+        );
+        Ok(Some(url))
+    }
+}
+
+/// `url` with the password of its user info, and any `password=` query
+/// parameter, replaced by `<redacted>`.
+fn redact_password(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:<redacted>@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=<redacted>"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    if scheme.is_empty() {
+        format!("{authority}{tail}")
+    } else {
+        format!("{scheme}://{authority}{tail}")
+    }
 }
 
 /// `[storage]`: the object store that holds file bytes (uploads, result
@@ -589,6 +656,7 @@ impl Config {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        self.store.postgres_url()?;
         let mut seen = std::collections::HashSet::new();
         for model in &self.models {
             anyhow::ensure!(!model.name.is_empty(), "a [[models]] entry has an empty name");
@@ -788,6 +856,29 @@ pub fn window_seconds(window: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_url_is_postgres_or_unset_and_its_password_never_shows() {
+        let sqlite = Config::parse("").unwrap();
+        assert_eq!(sqlite.store.postgres_url().unwrap(), None);
+        let pg = Config::parse("[store]\nurl = \"postgres://batchd:s3cret@db:5432/batchd?password=s3cret\"\n").unwrap();
+        assert!(pg.store.postgres_url().unwrap().is_some());
+        let shown = format!("{:?}", pg.store);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgres://batchd:<redacted>@db:5432/batchd?password=<redacted>"),
+            "{shown}"
+        );
+        assert!(Config::parse("[store]\nurl = \"postgresql:///batchd?host=/run/postgresql\"\n").is_ok());
+        let mysql = Config::parse("[store]\nurl = \"mysql://u:s3cret@db/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(mysql.contains("postgres://") && !mysql.contains("s3cret"), "{mysql}");
+        assert!(
+            Config::parse("[store]\npath = \"x\"\n").is_err(),
+            "unknown keys are refused"
+        );
+    }
 
     #[test]
     fn example_config_parses() {

@@ -70,9 +70,12 @@ impl From<sqlx::Error> for Error {
 }
 
 /// Whether `e`, or any error it wraps, says the disk (or quota) is full:
-/// `ENOSPC`/`EDQUOT` from the OS, or SQLite's `SQLITE_FULL`.
+/// `ENOSPC`/`EDQUOT` from the OS, SQLite's `SQLITE_FULL`, or PostgreSQL's
+/// SQLSTATE 53100 `disk_full` (the codes cannot be confused: SQLite's are
+/// numbers below 256).
 pub fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
     const SQLITE_FULL: &str = "13";
+    const PG_DISK_FULL: &str = "53100";
     let mut next = Some(e);
     while let Some(err) = next {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
@@ -81,7 +84,7 @@ pub fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
         if let Some(sqlx::Error::Database(db)) = err.downcast_ref::<sqlx::Error>()
-            && db.code().as_deref() == Some(SQLITE_FULL)
+            && matches!(db.code().as_deref(), Some(SQLITE_FULL | PG_DISK_FULL))
         {
             return true;
         }

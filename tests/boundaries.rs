@@ -66,7 +66,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("server", &[]),
     ("testing", &["http_client", "ids"]),
-    // Wiring: the one module that picks the SQLite store.
+    // Wiring: the one module that picks the store (SQLite or PostgreSQL).
     (
         "app",
         &[
@@ -79,6 +79,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "models",
             "server",
             "store",
+            "store::postgres",
             "store::sqlite",
             "webhooks",
         ],
@@ -86,12 +87,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
 ];
 
 /// Submodules that count as a module of their own: naming `store` does not
-/// allow naming the SQLite implementation behind it.
-const SUBMODULES: &[&str] = &["store::sqlite"];
+/// allow naming the implementations behind it.
+const SUBMODULES: &[&str] = &["store::postgres", "store::sqlite"];
 
 /// What `#[cfg(test)]` code may name besides its module's row: unit tests
 /// run against the real store.
-const TEST_ALSO: &[&str] = &["store::sqlite"];
+const TEST_ALSO: &[&str] = &["store::postgres", "store::sqlite"];
 
 #[test]
 fn modules_import_only_what_the_table_allows() {

@@ -1,7 +1,8 @@
-//! Metadata persistence, behind one narrow trait per aggregate so that a
-//! PostgreSQL implementation can follow the SQLite one. Only this module
-//! writes SQL.
+//! Metadata persistence, behind one narrow trait per aggregate, implemented
+//! on SQLite (`sqlite`, the default) and PostgreSQL (`postgres`). Only this
+//! module writes SQL.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;

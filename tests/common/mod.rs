@@ -2,6 +2,7 @@
 //! OpenAI-compatible backend (a real HTTP server), driven over HTTP.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod s3;
 
 use std::time::{Duration, Instant};

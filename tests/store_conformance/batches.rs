@@ -543,26 +543,41 @@ pub async fn active_limit_counts_only_active_batches(store: Arc<dyn Store>) {
 }
 
 pub async fn concurrent_creates_do_not_overshoot_the_active_limit(store: Arc<dyn Store>) {
-    let creates: Vec<_> = (0..12)
-        .map(|n| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .insert_batch_within_limit(&batch("p1", &format!("batch-{n}"), "file-1", 1), 3)
-                    .await
-                    .unwrap()
+    // Several rounds, each on its own project, all creates of a round let go
+    // at once: a store whose count and insert can interleave overshoots in
+    // some round.
+    for round in 0..10 {
+        let project = format!("p{round}");
+        let start = Arc::new(tokio::sync::Barrier::new(12));
+        let creates: Vec<_> = (0..12)
+            .map(|n| {
+                let store = store.clone();
+                let start = start.clone();
+                let project = project.clone();
+                tokio::spawn(async move {
+                    let batch = batch(&project, &format!("batch-{round}-{n}"), "file-1", 1);
+                    start.wait().await;
+                    store.insert_batch_within_limit(&batch, 3).await.unwrap()
+                })
             })
-        })
-        .collect();
-    let mut created = 0;
-    for create in creates {
-        created += usize::from(create.await.unwrap());
+            .collect();
+        let mut created = 0;
+        for create in creates {
+            created += usize::from(create.await.unwrap());
+        }
+        assert_eq!(created, 3, "round {round}");
+        assert_eq!(
+            store
+                .list_batches(&project, None, 100)
+                .await
+                .unwrap()
+                .unwrap()
+                .items
+                .len(),
+            3,
+            "round {round}"
+        );
     }
-    assert_eq!(created, 3);
-    assert_eq!(
-        store.list_batches("p1", None, 100).await.unwrap().unwrap().items.len(),
-        3
-    );
 }
 
 pub async fn start_records_model_total_and_zero_usage(store: Arc<dyn Store>) {
@@ -634,6 +649,43 @@ pub async fn start_respects_the_enqueued_limit(store: Arc<dyn Store>) {
     // Exactly at the limit is allowed.
     assert_eq!(start(5, 11).await, StartOutcome::Started);
     assert_eq!(status(s, "batch-new").await, BatchStatus::InProgress);
+}
+
+pub async fn concurrent_starts_do_not_overshoot_the_enqueued_limit(store: Arc<dyn Store>) {
+    // Twelve batches of 10 lines each, at most 30 lines enqueued per project:
+    // three start, whatever the interleaving, in every round.
+    for round in 0..10 {
+        let project = format!("p{round}");
+        for n in 0..12 {
+            store
+                .insert_batch(&batch(&project, &format!("batch-{round}-{n}"), "file-1", 1))
+                .await
+                .unwrap();
+        }
+        let go = Arc::new(tokio::sync::Barrier::new(12));
+        let starts: Vec<_> = (0..12)
+            .map(|n| {
+                let store = store.clone();
+                let go = go.clone();
+                tokio::spawn(async move {
+                    go.wait().await;
+                    store
+                        .start_within_enqueued_limit(&format!("batch-{round}-{n}"), "m", 10, 2, 30)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut started = 0;
+        for start in starts {
+            match start.await.unwrap() {
+                StartOutcome::Started => started += 1,
+                StartOutcome::OverEnqueuedLimit { enqueued } => assert!(enqueued > 20, "round {round}: {enqueued}"),
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!(started, 3, "round {round}");
+    }
 }
 
 pub async fn start_of_a_batch_no_longer_validating(store: Arc<dyn Store>) {

@@ -12,15 +12,13 @@
 //! `conformance!(name, factory)` generates one `#[tokio::test]` per check,
 //! named `name::aggregate::check`, each on a fresh store from `factory` (an
 //! `async fn() -> Fixture`). Adding a store is one line, next to SQLite's
-//! below; the PostgreSQL store will be
+//! and PostgreSQL's below, plus its factory.
 //!
-//! ```text
-//! conformance!(postgres, postgres);
-//! ```
-//!
-//! with an `async fn postgres() -> Fixture` that creates a scratch database
-//! (keeping whatever drops it in `Fixture::_keep`), so `cargo test --test
-//! store_conformance postgres::` runs every check against it.
+//! `postgres` runs every check on a fresh database of one throwaway cluster
+//! per test binary (`tests/common/postgres.rs`): `cargo test --test
+//! store_conformance postgres::` runs them against PostgreSQL alone. It needs
+//! the PostgreSQL server binaries (`scripts/setup.sh` installs them) and fails
+//! without them.
 //!
 //! A check written but not listed in `conformance!` is dead code, which
 //! `cargo clippy -- -D warnings` refuses.
@@ -29,12 +27,15 @@ mod batches;
 mod events;
 mod files;
 mod keys;
+#[path = "../common/postgres.rs"]
+mod pg_cluster;
 mod results;
 mod uploads;
 
 use std::sync::Arc;
 
 use batchd::domain::{BatchRecord, FileRecord, Usage};
+use batchd::store::postgres::PgStore;
 use batchd::store::sqlite::SqliteStore;
 use batchd::store::{LineResult, Store};
 
@@ -53,6 +54,17 @@ async fn sqlite() -> Fixture {
     Fixture {
         store: Arc::new(store),
         _keep: Box::new(dir),
+    }
+}
+
+/// A fresh database on the test binary's PostgreSQL cluster (the cluster
+/// goes when the test process ends, and its databases with it).
+async fn postgres() -> Fixture {
+    let url = pg_cluster::fresh_database().await;
+    let store = PgStore::connect(&url).await.expect("open the PostgreSQL store");
+    Fixture {
+        store: Arc::new(store),
+        _keep: Box::new(()),
     }
 }
 
@@ -94,6 +106,7 @@ macro_rules! conformance {
                     concurrent_creates_do_not_overshoot_the_active_limit,
                     start_records_model_total_and_zero_usage,
                     start_respects_the_enqueued_limit,
+                    concurrent_starts_do_not_overshoot_the_enqueued_limit,
                     start_of_a_batch_no_longer_validating,
                     failing_intent_is_kept_and_becomes_errors,
                     line_limit_round_trips,
@@ -150,6 +163,7 @@ macro_rules! conformance {
 }
 
 conformance!(sqlite, sqlite);
+conformance!(postgres, postgres);
 
 // Records as the services build them.
 
