@@ -37,11 +37,11 @@ echo "== OpenAI Python SDK compatibility"
 echo "== OpenAI Node SDK compatibility"
 (cd tests/compat/node && npm test)
 
-# The same suites against a batchd whose file bytes live in a real
-# S3-compatible server (s3s-fs): the SDKs must not see a difference. The
-# default-model test starts its own server on the defaults, so it is not
-# repeated.
-echo "== OpenAI Python and Node SDK compatibility, file bytes in S3"
-BATCHD_COMPAT_BACKENDS=s3 .venv-compat/bin/python -m pytest tests/compat/python -q -p no:cacheprovider \
+# The same suites against a batchd on PostgreSQL (a throwaway cluster,
+# scripts/pg-test-cluster.sh) with its file bytes in a real S3-compatible
+# server (s3s-fs): the SDKs must not see a difference. The default-model test
+# starts its own server on the defaults, so it is not repeated.
+echo "== OpenAI Python and Node SDK compatibility, on PostgreSQL + S3"
+BATCHD_COMPAT_BACKENDS=postgres,s3 .venv-compat/bin/python -m pytest tests/compat/python -q -p no:cacheprovider \
   --ignore tests/compat/python/test_default_model.py
-(cd tests/compat/node && BATCHD_COMPAT_BACKENDS=s3 npm test)
+(cd tests/compat/node && BATCHD_COMPAT_BACKENDS=postgres,s3 npm test)

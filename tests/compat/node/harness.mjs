@@ -5,7 +5,7 @@
 // official `OpenAI` client pointed at batchd. Every test file starts its own pair of
 // processes (node --test runs each file in its own process), so files are isolated.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -81,7 +81,8 @@ async function closedPort() {
 /**
  * What $BATCHD_COMPAT_BACKENDS asks batchd to run on besides its defaults
  * (SQLite, local disk): "s3" puts file bytes in a real S3-compatible server
- * (s3s-fs, installed by scripts/setup.sh).
+ * (s3s-fs, installed by scripts/setup.sh), "postgres" the metadata in a
+ * throwaway PostgreSQL cluster (scripts/pg-test-cluster.sh).
  */
 function compatBackends() {
   const wanted = new Set(
@@ -91,7 +92,7 @@ function compatBackends() {
       .filter(Boolean),
   );
   for (const b of wanted) {
-    if (b !== 's3') throw new Error(`BATCHD_COMPAT_BACKENDS: unknown ${b}`);
+    if (b !== 's3' && b !== 'postgres') throw new Error(`BATCHD_COMPAT_BACKENDS: unknown ${b}`);
   }
   return wanted;
 }
@@ -139,6 +140,13 @@ access_key_id = "compat-key"
 secret_access_key = "compat-secret"
 `;
   return { child, section };
+}
+
+/** A PostgreSQL cluster that lives as long as this process; batchd's `[store]` section. */
+function startPostgres() {
+  const script = path.join(path.dirname(new URL(import.meta.url).pathname), '..', '..', '..', 'scripts', 'pg-test-cluster.sh');
+  const url = execFileSync(script, [String(process.pid)], { encoding: 'utf8', timeout: 60_000 }).trim();
+  return `\n[store]\nurl = ${JSON.stringify(url)}\n`;
 }
 
 const liveChildren = new Set();
@@ -268,6 +276,7 @@ export async function startServers() {
     fake = await spawnAndWait('fake backend', fakeBin, ['--listen', '127.0.0.1:0']);
     const deadPort = await closedPort();
     if (compatBackends().has('s3')) s3 = await startS3(tmp);
+    const store = compatBackends().has('postgres') ? startPostgres() : '';
 
     const config = `
 [server]
@@ -306,7 +315,7 @@ max_concurrency = 1
 name = "dead-model"
 url = "http://127.0.0.1:${deadPort}/v1"
 max_concurrency = 4
-${s3?.section ?? ''}`;
+${s3?.section ?? ''}${store}`;
     const configPath = path.join(tmp, 'batchd.toml');
     await writeFile(configPath, config);
 

@@ -175,9 +175,10 @@ def _closed_port() -> int:
 def compat_backends() -> set[str]:
     """What $BATCHD_COMPAT_BACKENDS asks batchd to run on besides its
     defaults (SQLite, local disk): "s3" puts file bytes in a real
-    S3-compatible server (s3s-fs, installed by scripts/setup.sh)."""
+    S3-compatible server (s3s-fs, installed by scripts/setup.sh), "postgres"
+    the metadata in a throwaway PostgreSQL cluster (scripts/pg-test-cluster.sh)."""
     wanted = {b.strip() for b in os.environ.get("BATCHD_COMPAT_BACKENDS", "").split(",") if b.strip()}
-    unknown = wanted - {"s3"}
+    unknown = wanted - {"s3", "postgres"}
     if unknown:
         pytest.fail(f"BATCHD_COMPAT_BACKENDS: unknown {sorted(unknown)}", pytrace=False)
     return wanted
@@ -215,6 +216,16 @@ region = "us-east-1"
 access_key_id = "compat-key"
 secret_access_key = "compat-secret"
 """
+
+
+def start_postgres() -> str:
+    """Starts a PostgreSQL cluster that lives as long as this process, and
+    returns the `[store]` section that points batchd at it."""
+    script = Path(__file__).resolve().parents[3] / "scripts" / "pg-test-cluster.sh"
+    done = subprocess.run([str(script), str(os.getpid())], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        pytest.fail(f"pg-test-cluster.sh failed: {done.stderr}", pytrace=False)
+    return f'\n[store]\nurl = "{done.stdout.strip()}"\n'
 
 
 def _require_bin(var: str) -> str:

@@ -23,6 +23,7 @@ from batchd_compat import (
     _Proc,
     _require_bin,
     compat_backends,
+    start_postgres,
     start_s3,
 )
 
@@ -45,6 +46,8 @@ def servers(tmp_path_factory):
 
         dead_port = _closed_port()
         storage = start_s3(base, procs) if "s3" in compat_backends() else ""
+        if "postgres" in compat_backends():
+            storage += start_postgres()
         data_dir = base / "data"
         data_dir.mkdir()
         config = f"""\
