@@ -23,7 +23,7 @@ use crate::server::listener::{self, Limits};
 use crate::server::lock::DataDirLock;
 use crate::server::tasks::BackgroundTasks;
 use crate::store::Store;
-use crate::store::postgres::PgStore;
+use crate::store::postgres::{PgStore, ServerLock};
 use crate::store::sqlite::SqliteStore;
 
 /// A started server.
@@ -42,6 +42,11 @@ impl Server {
         // Before anything touches the database: a second server on the same
         // data directory would run every batch twice.
         let lock = DataDirLock::acquire(&data_dir)?;
+        // The same for a shared PostgreSQL database.
+        let db_lock = match config.store.postgres_url()? {
+            Some(url) => Some(ServerLock::acquire(url).await?),
+            None => None,
+        };
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(cert), Some(key)) => Some(crate::server::tls::acceptor(cert, key)?),
             _ => None,
@@ -112,6 +117,7 @@ impl Server {
             manager,
             deadline: Duration::from_secs(config.execution.shutdown_deadline_secs),
             _lock: lock,
+            _db_lock: db_lock,
         };
         let done = tokio::spawn(running.run(http));
         tracing::info!(%addr, tls = is_tls, "batchd listening");
@@ -156,6 +162,7 @@ struct Running {
     deadline: Duration,
     /// Released last, once nothing of this server touches the data directory.
     _lock: DataDirLock,
+    _db_lock: Option<ServerLock>,
 }
 
 impl Running {
@@ -239,14 +246,21 @@ pub struct Core {
     pub tasks: BackgroundTasks,
 }
 
+/// The store `[store]` names: PostgreSQL at its url, or SQLite in the data
+/// directory (which must exist). `batchd keys` writes through it too, so
+/// keys reach the database the server reads.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.store.postgres_url()? {
+        Some(url) => Arc::new(PgStore::connect(url).await?),
+        None => Arc::new(SqliteStore::open(&config.server.data_dir.join("batchd.db")).await?),
+    })
+}
+
 impl Core {
     pub async fn open(config: &Config) -> anyhow::Result<Core> {
         let data_dir = &config.server.data_dir;
         std::fs::create_dir_all(data_dir)?;
-        let store: Arc<dyn Store> = match config.store.postgres_url()? {
-            Some(url) => Arc::new(PgStore::connect(url).await?),
-            None => Arc::new(SqliteStore::open(&data_dir.join("batchd.db")).await?),
-        };
+        let store = open_store(config).await?;
         // Before any batch can end: terminal transitions write outbox rows
         // only for the projects recorded here.
         let webhook_projects: Vec<String> = config.webhooks.iter().map(|h| h.project.clone()).collect();

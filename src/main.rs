@@ -133,15 +133,19 @@ fn raise_open_files_limit() {
 }
 
 async fn keys(config: Option<PathBuf>, data_dir: Option<PathBuf>, action: KeysAction) -> anyhow::Result<()> {
-    let data_dir = match (data_dir, config) {
-        (Some(dir), _) => dir,
-        (None, Some(path)) => Config::load(&path)?.server.data_dir,
-        (None, None) => Config::default().server.data_dir,
+    let mut config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
     };
-    std::fs::create_dir_all(&data_dir)?;
-    let store = batchd::store::sqlite::SqliteStore::open(&data_dir.join("batchd.db")).await?;
-    // The CLI never serves requests, so `require_keys` does not matter here.
-    let keys = batchd::auth::KeyService::new(std::sync::Arc::new(store), false);
+    if let Some(dir) = data_dir {
+        config.server.data_dir = dir;
+    }
+    std::fs::create_dir_all(&config.server.data_dir)?;
+    // The configured store (`[store] url`), so keys reach the database the
+    // server reads. The CLI never serves requests, so `require_keys` does not
+    // matter here.
+    let store = batchd::app::open_store(&config).await?;
+    let keys = batchd::auth::KeyService::new(store, false);
     let out = |v: serde_json::Value| println!("{v}");
     match action {
         KeysAction::Create { project, name, admin } => {

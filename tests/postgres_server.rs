@@ -75,3 +75,58 @@ async fn a_result_postgres_refuses_is_unstorable_not_retried() {
     assert_eq!(store.unstorable(&error), Some(Unstorable::Rejected), "{error:?}");
     assert!(store.finished_lines("batch-1").await.unwrap().is_empty());
 }
+
+/// One `batchd serve` per database until work is claimed in leased chunks:
+/// a second server on the same database (another data directory, another
+/// machine) refuses to start instead of running every batch twice, and a
+/// server can start again once the first has stopped.
+#[tokio::test]
+async fn a_second_server_on_one_database_refuses_to_start() {
+    let url = common::postgres::fresh_database().await;
+    let h = Harness::start_with(|config| config.store.url = Some(url.clone())).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut second = h.config.clone();
+    second.server.data_dir = other_dir.path().join("data");
+    let refused = match batchd::app::Server::start(second.clone()).await {
+        Ok(_) => panic!("a second server started on the same database"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("another batchd serve"), "{refused}");
+    assert_eq!(h.get("/files").await.0, 200, "the first server keeps serving");
+
+    h.server.unwrap().shutdown().await.unwrap();
+    let again = batchd::app::Server::start(second)
+        .await
+        .expect("starts once the first stopped");
+    again.shutdown().await.unwrap();
+}
+
+/// `batchd keys` writes to the configured store, so a key created on the
+/// command line is the one a PostgreSQL-backed server checks.
+#[tokio::test]
+async fn keys_created_with_the_cli_reach_the_postgres_server() {
+    let url = common::postgres::fresh_database().await;
+    let h = Harness::start_with(|config| config.store.url = Some(url.clone())).await;
+    let config = h.dir.path().join("keys.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {:?}\n[store]\nurl = {url:?}\n",
+            h.dir.path().join("cli-data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .args(["keys", "create", "--project", "team-a", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = key["secret"].as_str().expect("the secret is printed once");
+
+    // Keys now exist in the server's database: without one, 401.
+    assert_eq!(h.get("/files").await.0, 401);
+    let with_key = h.http.get(h.url("/files")).bearer_auth(secret).send().await.unwrap();
+    assert_eq!(with_key.status(), 200);
+}

@@ -1,4 +1,5 @@
-//! One `batchd serve` per data directory. Two servers on the same database
+//! One `batchd serve` per data directory (and, with `[store] url`, per
+//! PostgreSQL database: `store::postgres::ServerLock`). Two servers on the same database
 //! would run every active batch twice (every line sent twice) and race on the
 //! result files' blobs, so `Server::start` takes an exclusive `flock` on
 //! `data_dir/serve.lock` and holds it until the server has stopped. The kernel

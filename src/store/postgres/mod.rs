@@ -48,6 +48,34 @@ impl PgStore {
     }
 }
 
+/// Held by the one `batchd serve` that uses a database: a session-level
+/// advisory lock on a connection of its own, released by PostgreSQL when the
+/// connection closes (the process stopped or died). Until batches are claimed
+/// in leased chunks, two servers on one database would both run every active
+/// batch (every line sent twice), so a second one refuses to start, as a
+/// second server on one data directory does (`server::lock`).
+pub struct ServerLock {
+    _conn: sqlx::PgConnection,
+}
+
+/// The advisory lock key: "batchd serve" hashed, stable across versions.
+const SERVER_LOCK_SQL: &str = "SELECT pg_try_advisory_lock(hashtextextended('batchd.serve', 0))";
+
+impl ServerLock {
+    /// Takes the lock, or fails at once (never waits).
+    pub async fn acquire(url: &str) -> anyhow::Result<ServerLock> {
+        use sqlx::Connection;
+        let options: PgConnectOptions = url.parse()?;
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        let (taken,): (bool,) = sqlx::query_as(SERVER_LOCK_SQL).fetch_one(&mut conn).await?;
+        anyhow::ensure!(
+            taken,
+            "another batchd serve is using this PostgreSQL database (it holds the server lock);              several replicas on one database are not supported yet"
+        );
+        Ok(ServerLock { _conn: conn })
+    }
+}
+
 /// Takes the transaction-scoped advisory lock of `project_id`: transactions
 /// that enforce a per-project limit run one at a time per project, and the
 /// lock goes with the transaction's end. An advisory lock rather than a row
