@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Starts a throwaway PostgreSQL cluster for the SDK compatibility suites and
-# prints its URL (database `batchd`). The cluster lives as long as process
-# WATCH_PID: a watchdog stops the server and removes its directory once that
-# process is gone. The same recipe as the Rust tests' tests/common/postgres.rs:
-# Debian's server binaries (the `postgresql` package, which scripts/setup.sh
-# installs) or $BATCHD_PG_BIN, run as `nobody` when called as root (initdb
-# and postgres refuse root), trust auth on 127.0.0.1, no fsync.
+# Starts a throwaway PostgreSQL cluster for tests (tests/common/postgres.rs and
+# the SDK compatibility suites) and prints its URL (database `batchd`). The
+# cluster lives as long as process WATCH_PID: a watchdog stops the server and
+# removes its directory once that process is gone. Debian's server binaries
+# (the `postgresql` package, which scripts/setup.sh installs) or
+# $BATCHD_PG_BIN, run as `nobody` when called as root (initdb and postgres
+# refuse root), trust auth on 127.0.0.1, no fsync, and room for the many
+# pools of tests that run side by side (max_connections).
 # Usage: scripts/pg-test-cluster.sh WATCH_PID
 set -euo pipefail
 watch_pid="${1:?usage: pg-test-cluster.sh WATCH_PID}"
@@ -35,7 +36,8 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 # The watchdog, detached from this script (which exits once the server is up).
 setsid bash -c '
   "${@:4}" "$1/postgres" -D "$2/data" -k "$2" -p "$3" -c listen_addresses=127.0.0.1 \
-    -c fsync=off -c synchronous_commit=off -c full_page_writes=off >"$2/postgres.log" 2>&1 &
+    -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+    >"$2/postgres.log" 2>&1 &
   pg=$!
   while kill -0 "$0" 2>/dev/null && kill -0 "$pg" 2>/dev/null; do sleep 1; done
   kill -INT "$pg" 2>/dev/null
